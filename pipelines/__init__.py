@@ -1,0 +1,1 @@
+"""Cold-start recommendation platform: all logic, usable without Airflow (CLI and Python API)."""

@@ -1,0 +1,196 @@
+"""``coldstart``: the command-line twin of every pipeline stage.
+
+Each command is a thin wrapper around a function in ``pipelines``; expected failures (bad settings, a missing
+partition, a schema violation, a missing dataset) end with a one-line message and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.settings import Settings, SettingsError, get_settings
+
+app = typer.Typer(
+    help="Cold-start recommendation platform: simulate, ingest, validate, featurize, train, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+ingest_app = typer.Typer(help="Bring real datasets into the event-log contract.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from pipelines.data.contract import ContractError, MissingPartitionError
+    from pipelines.data.movielens import MovieLensMissingError
+
+    return SettingsError, ContractError, MissingPartitionError, MovieLensMissingError
+
+
+def _clear_errors(func: F) -> F:
+    """Turn the platform's expected errors into a red one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _expected_errors() as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    settings.ensure_home()
+    return settings
+
+
+@app.command()
+@_clear_errors
+def simulate(
+    days: Annotated[int, typer.Option(min=1, help="Days of traffic to simulate.")] = 14,
+    users: Annotated[int, typer.Option(min=10, help="Users who exist before the first day.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")] = 7,
+    start_date: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day.")] = dt.datetime(2026, 1, 1),
+    impressions_per_day: Annotated[int | None, typer.Option(min=1, help="Traffic volume override.")] = None,
+    policy: Annotated[str, typer.Option(help="Control exposure policy: popularity, random or boost.")] = "popularity",
+    design: Annotated[str, typer.Option(help="Experiment design: none, user_split or author_split.")] = "user_split",
+    dataset: Annotated[str, typer.Option(help="Dataset name under COLDSTART_HOME/data.")] = "sim",
+) -> None:
+    """Simulate a content platform and write its event logs (and hidden truth) through the contract."""
+    from pydantic import ValidationError
+
+    from pipelines.data.contract import Store
+    from pipelines.data.simulator import Simulator, SimulatorConfig
+
+    settings = _settings()
+    try:
+        cfg = SimulatorConfig(
+            days=days, users=users, seed=seed, start_date=start_date.date(),
+            impressions_per_day=impressions_per_day, policy=policy, design=design,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    summary = Simulator(cfg, Store(settings.data_dir, dataset)).run()
+    _print_summary(
+        f"Simulated {dataset!r}: {cfg.start_date}..{cfg.end_date}",
+        {
+            "users": summary.users,
+            "items": summary.items,
+            "impressions": summary.impressions,
+            "CTR": f"{summary.clicks / max(summary.impressions, 1):.4f}",
+            "CVR (per click)": f"{summary.conversions / max(summary.clicks, 1):.4f}",
+            "new-user share of impressions": f"{summary.new_user_impressions / max(summary.impressions, 1):.4f}",
+            "items published": summary.publishes,
+            "seconds": f"{summary.seconds:.1f}",
+            "impressions/s": f"{summary.impressions / max(summary.seconds, 1e-9):,.0f}",
+            "written to": str(settings.data_dir / dataset),
+        },
+    )
+
+
+@ingest_app.command("movielens")
+@_clear_errors
+def ingest_movielens() -> None:
+    """Map MovieLens-1M into the contract and build MeLU's warm / new-user / new-item / both-new split."""
+    from pipelines.data.movielens import ingest_movielens as run
+
+    settings = _settings()
+    summary = run(settings.data_dir)
+    rows = {k: summary[k] for k in ("users", "items", "ratings", "first_rating", "last_rating")}
+    for name, shape in summary["split"]["scenarios"].items():
+        rows[f"MeLU {name}"] = f"{shape['users']} users, {shape['ratings']} ratings"
+    rows["split"] = summary["split"]["path"]
+    _print_summary("Ingested MovieLens-1M", rows)
+
+
+@app.command()
+@_clear_errors
+def doctor() -> None:
+    """Check the profile's settings and that its backends (PostgreSQL, Redis in prod) are reachable."""
+    from pipelines.services import check_backends
+
+    settings = get_settings()
+    checks = check_backends(settings)
+    table = Table(title=f"profile {settings.profile}")
+    for column in ("check", "ok", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail)
+    console.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@_clear_errors
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the resolved settings and which partitions each dataset holds."""
+    from pipelines.data.contract import LAYERS, TABLES, Store
+
+    settings = get_settings()
+    datasets: dict[str, dict[str, str]] = {}
+    if settings.data_dir.is_dir():
+        for folder in sorted(p for p in settings.data_dir.iterdir() if p.is_dir()):
+            store = Store(settings.data_dir, folder.name)
+            for layer in LAYERS:
+                for table in TABLES:
+                    days = store.partitions(table, layer)
+                    if days:
+                        datasets.setdefault(folder.name, {})[f"{layer}/{table}"] = f"{days[0]}..{days[-1]} ({len(days)})"
+    payload = {
+        "profile": settings.profile,
+        "home": str(settings.home),
+        "airflow_db": settings.airflow_db_url,
+        "mlflow_tracking_uri": settings.mlflow_tracking_uri,
+        "feast_online_store": settings.feast_store_config()["online_store"]["type"],
+        "datasets": datasets,
+    }
+    if as_json:
+        console.print_json(json.dumps(payload))
+        return
+    _print_summary("Settings", {k: v for k, v in payload.items() if k != "datasets"})
+    for name, tables in datasets.items():
+        _print_summary(f"dataset {name}", tables)
+
+
+@app.command()
+@_clear_errors
+def demo(
+    days: Annotated[int, typer.Option(min=1)] = 7,
+    users: Annotated[int, typer.Option(min=10)] = 5_000,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Run the platform end to end on the embedded local profile (grows with each stage)."""
+    simulate(days=days, users=users, seed=seed, start_date=dt.datetime(2026, 1, 1), impressions_per_day=None,
+             policy="popularity", design="user_split", dataset="sim")  # fmt: skip
+    ingest_movielens()
+    info(as_json=False)
+
+
+def _print_summary(title: str, rows: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Data: the event-log contract, the platform simulator and real-data adapters."""

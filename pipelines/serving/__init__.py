@@ -1,0 +1,1 @@
+"""serving stage (grows with later issues)."""

@@ -1,0 +1,163 @@
+"""Typed platform settings: one env prefix (``COLDSTART_``), two profiles, all state under ``COLDSTART_HOME``.
+
+Nothing here touches the filesystem or a network at import. ``get_settings()`` reads the environment each
+time it is called; ``Settings.ensure_home()`` is the one place that creates the state folder, and it fails
+with a clear message when the folder cannot be written.
+
+Profiles:
+    local: Airflow metadata on SQLite, MLflow on SQLite with local artifacts, Feast with a file offline
+        store, SQLite online store and file registry. No server needed.
+    prod: Airflow and MLflow on PostgreSQL, Feast online store on Redis and SQL registry on PostgreSQL;
+        addresses come from ``COLDSTART_POSTGRES_URL`` and ``COLDSTART_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "COLDSTART_"
+
+Profile = Literal["local", "prod"]
+
+
+class SettingsError(RuntimeError):
+    """Raised when the settings are invalid or the state folder cannot be used."""
+
+
+class Settings(BaseSettings):
+    """Platform settings, read from ``COLDSTART_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    profile: Profile = Field("local", description="Deployment profile: 'local' (embedded) or 'prod'.")
+    home: Path = Field(Path(".coldstart"), description="Folder holding all platform state.")
+    # Clearly-marked local-development defaults: the test machines run these services on 127.0.0.1.
+    postgres_url: str = Field(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/coldstart",
+        description="SQLAlchemy URL of the PostgreSQL database used by the prod profile.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the prod online store.")
+    feast_project: str = Field("coldstart", description="Feast project name (also the Redis key prefix).")
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _normalise_profile(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # ---- derived locations -------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        """Root of the partitioned event logs (``<home>/data``)."""
+        return self.home / "data"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def airflow_db_url(self) -> str:
+        """SQLAlchemy URL of Airflow's metadata database."""
+        if self.profile == "prod":
+            return self.postgres_url
+        return f"sqlite:///{self.airflow_home / 'airflow.db'}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """MLflow tracking and registry store."""
+        if self.profile == "prod":
+            return self.postgres_url
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def feast_repo_dir(self) -> Path:
+        return self.home / "feast"
+
+    def feast_store_config(self) -> dict[str, Any]:
+        """The ``feature_store.yaml`` content for this profile, as a dict."""
+        offline = {"type": "file"}
+        if self.profile == "prod":
+            online: dict[str, Any] = {
+                "type": "redis",
+                "connection_string": _redis_connection_string(self.redis_url),
+            }
+            registry: dict[str, Any] = {
+                "registry_type": "sql",
+                "path": self.postgres_url,
+                "cache_ttl_seconds": 60,
+            }
+        else:
+            online = {"type": "sqlite", "path": str(self.feast_repo_dir / "online_store.db")}
+            registry = {"registry_type": "file", "path": str(self.feast_repo_dir / "registry.db")}
+        return {
+            "project": self.feast_project,
+            "provider": "local",
+            "registry": registry,
+            "online_store": online,
+            "offline_store": offline,
+            "entity_key_serialization_version": 3,
+        }
+
+    def ensure_home(self) -> Path:
+        """Create ``home`` if needed and check that it is writable.
+
+        Returns:
+            The absolute state folder.
+
+        Raises:
+            SettingsError: when the folder cannot be created or written.
+        """
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.home, prefix=".write-check-"):
+                pass
+        except OSError as exc:
+            raise SettingsError(
+                f"COLDSTART_HOME={self.home} is not writable ({exc.strerror or exc}). "
+                f"Point {ENV_PREFIX}HOME at a folder you can write to."
+            ) from exc
+        return self.home
+
+
+def _redis_connection_string(url: str) -> str:
+    """Feast's Redis store wants ``host:port[,db=N]`` rather than a URL."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    conn = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"
+    db = (parsed.path or "/0").lstrip("/") or "0"
+    extra = f",db={db}"
+    if parsed.password:
+        extra += f",password={parsed.password}"
+    return conn + extra
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment (and explicit overrides).
+
+    Raises:
+        SettingsError: with the offending variable named, e.g. for an unknown profile.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"Invalid settings: {problems}") from None
+

@@ -1,0 +1,1 @@
+"""validation stage (grows with later issues)."""
