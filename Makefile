@@ -28,8 +28,8 @@ demo: venv
 	$(BIN)/coldstart demo
 
 lint: venv
-	$(BIN)/ruff check pipelines dags feature_repo tests benchmarks
-	$(BIN)/ruff format --check pipelines dags feature_repo tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint
 	$(BIN)/pytest tests

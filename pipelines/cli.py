@@ -54,8 +54,12 @@ def _clear_errors(func: F) -> F:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _settings() -> Settings:
@@ -156,7 +160,9 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
                 for table in TABLES:
                     days = store.partitions(table, layer)
                     if days:
-                        datasets.setdefault(folder.name, {})[f"{layer}/{table}"] = f"{days[0]}..{days[-1]} ({len(days)})"
+                        datasets.setdefault(folder.name, {})[f"{layer}/{table}"] = (
+                            f"{days[0]}..{days[-1]} ({len(days)})"
+                        )
     payload = {
         "profile": settings.profile,
         "home": str(settings.home),

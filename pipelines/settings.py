@@ -155,9 +155,7 @@ def get_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         )
         raise SettingsError(f"Invalid settings: {problems}") from None
-

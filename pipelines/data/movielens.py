@@ -159,9 +159,7 @@ def _write_by_day(store: Store, table: str, frame: pd.DataFrame, time_column: st
     return days.nunique()
 
 
-def melu_split(
-    users: pd.DataFrame, items: pd.DataFrame, ratings: pd.DataFrame, cfg: MeluSplitConfig
-) -> pd.DataFrame:
+def melu_split(users: pd.DataFrame, items: pd.DataFrame, ratings: pd.DataFrame, cfg: MeluSplitConfig) -> pd.DataFrame:
     """Build MeLU's four scenarios with support and query sets (see the module docstring)."""
     counts = ratings.groupby("user_id").size()
     kept_users = counts[(counts >= cfg.min_ratings) & (counts <= cfg.max_ratings)].index
@@ -231,4 +229,3 @@ def read_melu_split(data_dir: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"No MeLU split at {path}: run `coldstart ingest movielens` first.")
     return pd.read_parquet(path)
-

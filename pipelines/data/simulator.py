@@ -389,7 +389,9 @@ class Simulator:
             + st.u_bias.view[slot_user]
             + np.where(
                 user_new,
-                cfg.new_user_logit_shift + cfg.new_user_match_weight * match + cfg.new_user_popularity_weight * popularity,
+                cfg.new_user_logit_shift
+                + cfg.new_user_match_weight * match
+                + cfg.new_user_popularity_weight * popularity,
                 cfg.match_weight * match + cfg.warm_popularity_weight * popularity,
             )
         )
