@@ -35,8 +35,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.data.contract import ContractError, MissingPartitionError
     from pipelines.data.movielens import MovieLensMissingError
+    from pipelines.validation.validate import ValidationError
 
-    return SettingsError, ContractError, MissingPartitionError, MovieLensMissingError
+    return SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError
 
 
 def _clear_errors(func: F) -> F:
@@ -129,6 +130,39 @@ def ingest_movielens() -> None:
 
 @app.command()
 @_clear_errors
+def validate(
+    date: Annotated[
+        list[dt.datetime] | None, typer.Option(formats=["%Y-%m-%d"], help="Day(s) to validate; default: all raw days.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(min=0, max=1, help="Max quarantined share before failing.")] = 0.05,
+    dataset: Annotated[str, typer.Option(help="Dataset under COLDSTART_HOME/data.")] = "sim",
+) -> None:
+    """Validate raw logs with the GX suites: rows to clean/ or quarantine/, a JSON summary per day."""
+    from pipelines.data.contract import Store
+    from pipelines.validation.api import enforce_threshold, validate_for_run
+
+    settings = _settings()
+    days = [d.date() for d in date] if date else Store(settings.data_dir, dataset).partitions("impressions")
+    if not days:
+        raise typer.BadParameter(f"dataset {dataset!r} has no raw impressions: run `coldstart simulate` first")
+    for day in days:
+        summary = validate_for_run(dataset, day, threshold)
+        rules = {rule: n for t in summary["tables"].values() for rule, n in t["failed_by_rule"].items()}
+        _print_summary(
+            f"Validated {dataset} {day}",
+            {
+                "rows in": summary["rows_in"],
+                "clean": summary["clean"],
+                "quarantined": f"{summary['quarantined']} ({summary['quarantined_share']:.4%})",
+                **{f"rule {rule}": n for rule, n in rules.items()},
+                "summary": str(settings.home / "reports" / "validation" / dataset / f"{day}.json"),
+            },
+        )
+        enforce_threshold(summary)
+
+
+@app.command()
+@_clear_errors
 def doctor() -> None:
     """Check the profile's settings and that its backends (PostgreSQL, Redis in prod) are reachable."""
     from pipelines.services import check_backends
@@ -190,6 +224,7 @@ def demo(
     simulate(days=days, users=users, seed=seed, start_date=dt.datetime(2026, 1, 1), impressions_per_day=None,
              policy="popularity", design="user_split", dataset="sim")  # fmt: skip
     ingest_movielens()
+    validate(date=None, threshold=0.05, dataset="sim")
     info(as_json=False)
 
 

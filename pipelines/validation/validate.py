@@ -144,6 +144,7 @@ class _Engine:
     def __init__(self) -> None:
         import great_expectations as gx
 
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self.gx = gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
