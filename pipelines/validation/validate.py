@@ -10,7 +10,8 @@ Per table, in dependency order (:data:`~pipelines.validation.suites.VALIDATED_TA
 4. clean rows are written (contract schema) to ``clean/``, the rest with ``failed_rules`` and ``source_row``
    to ``quarantine/``; rows in = clean + quarantined is asserted before anything is written.
 
-A JSON summary (rows failed per rule) is written to ``<home>/reports/validation/<dataset>/<date>.json``.
+A JSON summary (rows failed per rule) is written to ``<home>/reports/validation/<dataset>/<date>.json`` and
+GX Data Docs that read offline to the folder ``<date>/`` beside it (see :mod:`pipelines.validation.docs`).
 A quarantined share above ``threshold`` raises :class:`QuarantineThresholdError` after both outputs and the
 summary are written.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +153,12 @@ class _Engine:
 
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        # The ephemeral context makes a default docs site in a fresh temp folder; we build our own instead.
+        for name, site in dict(self.context.variables.data_docs_sites or {}).items():
+            self.context.delete_data_docs_site(name)
+            base = site.get("store_backend", {}).get("base_directory")
+            if base and Path(base).is_dir() and Path(base).parent == Path(tempfile.gettempdir()):
+                shutil.rmtree(base, ignore_errors=True)
         self.source = self.context.data_sources.add_pandas("raw_logs")
         self.results: list = []
 
@@ -254,6 +263,7 @@ def validate_day(
     threshold: float = 0.05,
     chunk_rows: int = 1_000_000,
     tables: tuple[str, ...] = suites.VALIDATED_TABLES,
+    docs: bool = True,
 ) -> dict:
     """Validate every table of one day; write clean, quarantine and the JSON summary.
 
@@ -283,6 +293,10 @@ def validate_day(
     }
     out = summary_path(reports_dir, store.dataset, day)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if docs:
+        from pipelines.validation.docs import build_offline_docs
+
+        summary["docs"] = str(build_offline_docs(engine.context, out.with_suffix(""), summary))
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out)

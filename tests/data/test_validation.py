@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -113,3 +114,25 @@ def test_threshold_fails_after_writing_both_outputs(store: Store, tmp_path: Path
     assert store.partitions("impressions", "clean") == [DAY]
     assert store.partitions("impressions", "quarantine") == [DAY]
     assert read_summary(tmp_path / "reports", "sim", DAY)["passed"] is False
+
+
+def test_data_docs_read_offline(store: Store, tmp_path: Path) -> None:
+    from pipelines.validation.docs import remote_assets
+
+    corrupt_impressions(store, DAY, per_defect=2)
+    summary = validate_day(store, DAY, tmp_path / "reports", threshold=0.5)
+    index = Path(summary["docs"])
+    docs = index.parent
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 1 + 2 * 5, "an index, and a suite page and a result page per table"
+    for page in pages:
+        assert remote_assets(page) == [], page
+    text = index.read_text()
+    for table in ("users", "items", "publishes", "assignments", "impressions"):
+        assert f"<td>{table}</td>" in text
+    assert "impressions_conversion_needs_click: 2" in text
+    for href in re.findall(r'href="([^"#]+)"', text):
+        assert (docs / href).is_file(), href
+    page = next(docs.glob("validations/**/*.html"))
+    css = re.search(r'href="([^"]+bootstrap\.min\.css)"', page.read_text())
+    assert css and (page.parent / css.group(1)).resolve().is_file()
