@@ -161,6 +161,26 @@ def validate(
         enforce_threshold(summary)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_clear_errors
+def airflow(ctx: typer.Context) -> None:
+    """Run the `airflow` CLI against this profile (metadata DB, DAGs folder); migrates the DB first.
+
+    Example: `coldstart airflow dags test validate_logs 2026-01-01`.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = _settings()
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.airflow_environ()}
+    binary = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([binary, "db", "migrate"], env=env, check=True, capture_output=True)
+    raise typer.Exit(subprocess.run([binary, *ctx.args], env=env).returncode)
+
+
 @app.command()
 @_clear_errors
 def doctor() -> None:

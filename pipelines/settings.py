@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the prod online store.")
     feast_project: str = Field("coldstart", description="Feast project name (also the Redis key prefix).")
+    dags_folder: Path = Field(
+        Path(__file__).resolve().parents[1] / "dags", description="Folder of the platform's Airflow DAG files."
+    )
 
     @field_validator("profile", mode="before")
     @classmethod
@@ -70,6 +73,17 @@ class Settings(BaseSettings):
         if self.profile == "prod":
             return self.postgres_url
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
+
+    def airflow_environ(self) -> dict[str, str]:
+        """Environment variables that point an Airflow process at this profile (merge into ``os.environ``)."""
+        return {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_url,
+            f"{ENV_PREFIX}PROFILE": self.profile,
+            f"{ENV_PREFIX}HOME": str(self.home),
+        }
 
     @property
     def mlflow_tracking_uri(self) -> str:

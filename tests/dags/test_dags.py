@@ -1,11 +1,16 @@
 """DAG integrity: imports, tags, retries, no I/O at parse time, and a real `airflow dags test` run."""
 
+import datetime as dt
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pipelines.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -14,15 +19,13 @@ DAG_FILES = sorted(DAGS.glob("*.py"))
 
 
 def airflow_env(home: Path, coldstart_home: Path) -> dict[str, str]:
+    """The environment `coldstart airflow` gives Airflow, with the metadata DB under ``home``."""
+    settings = get_settings(home=coldstart_home, profile="local")
     return {
         **os.environ,
+        **settings.airflow_environ(),
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "COLDSTART_HOME": str(coldstart_home),
-        "COLDSTART_PROFILE": "local",
     }
 
 
@@ -79,18 +82,52 @@ assert not heavy, f"heavy modules imported at parse time: {{heavy}}"
     assert not (tmp_path / "home").exists()
 
 
-@pytest.mark.slow
-def test_airflow_dags_test_validate_logs(airflow_home: Path, tmp_path: Path) -> None:
+def test_settings_point_airflow_at_these_dags() -> None:
+    assert get_settings().dags_folder == DAGS
+
+
+def dags_test(home: Path, dag_id: str, day: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """`coldstart airflow dags test` as a user runs it; returns the process and each task's final state."""
+    env = {**os.environ, "COLDSTART_HOME": str(home), "COLDSTART_PROFILE": "local"}
+    coldstart = str(Path(sys.executable).parent / "coldstart")
+    out = subprocess.run(
+        [coldstart, "airflow", "dags", "test", dag_id, day, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    with sqlite3.connect(home / "airflow" / "airflow.db") as db:
+        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?", (dag_id,)).fetchall()
+    return out, dict(rows)
+
+
+@pytest.fixture
+def one_day(tmp_path: Path) -> Path:
     from ..conftest import run_sim
 
     home = tmp_path / "coldstart"
     run_sim(home / "data", days=1, users=800)
-    env = airflow_env(airflow_home, home)
-    out = subprocess.run(
-        [AIRFLOW, "dags", "test", "validate_logs", "2026-01-01"], env=env, capture_output=True, text=True, timeout=300
-    )
+    return home
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_validate_logs(one_day: Path) -> None:
+    out, states = dags_test(one_day, "validate_logs", "2026-01-01")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "state=success" in (out.stdout + out.stderr) or "success" in out.stdout.lower()
-    summary = home / "reports" / "validation" / "sim" / "2026-01-01.json"
-    assert summary.is_file()
-    assert (home / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
+    assert states == {"validate": "success", "quarantine_gate": "success"}
+    summary = json.loads((one_day / "reports" / "validation" / "sim" / "2026-01-01.json").read_text())
+    assert summary["passed"] and summary["quarantined"] == 0
+    assert (one_day / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_quarantine_gate_fails_the_run_after_writing_outputs(one_day: Path) -> None:
+    from pipelines.data.contract import Store
+    from pipelines.validation.corrupt import corrupt_impressions
+
+    corrupt_impressions(Store(one_day / "data", "sim"), dt.date(2026, 1, 1), per_defect=3)
+    _, states = dags_test(one_day, "validate_logs", "2026-01-01", "--conf", '{"threshold": 0.0001}')
+    assert states == {"validate": "success", "quarantine_gate": "failed"}
+    assert (one_day / "data" / "sim" / "quarantine" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
+    assert (one_day / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
