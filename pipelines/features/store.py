@@ -1,0 +1,166 @@
+"""The Feast store of a profile: its ``feature_store.yaml``, plan/apply, materialization and lookups.
+
+The declarations live in the repository's ``feature_repo/``; the store configuration (which online store,
+registry and paths) comes from :class:`~pipelines.settings.Settings` and is written to
+``<home>/feast/feature_store.yaml``, which every Feast call here is pointed at.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.data.contract import day_bounds
+from pipelines.features.compute import FeatureLayout
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
+MATERIALIZE_OVERLAP = dt.timedelta(days=1)
+
+
+class DestructivePlanError(RuntimeError):
+    """``feast plan`` would delete registered objects and that was not allowed."""
+
+
+def store_yaml(settings: Settings) -> Path:
+    """Write the profile's ``feature_store.yaml`` (idempotent) and return its path."""
+    import yaml
+
+    path = settings.feast_repo_dir / "feature_store.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(settings.feast_store_config(), sort_keys=True)
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def _feast_env(settings: Settings, dataset: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "COLDSTART_HOME": str(settings.home),
+        "COLDSTART_PROFILE": settings.profile,
+        "COLDSTART_FEATURE_DATASET": dataset,
+    }
+
+
+def feast_cli(settings: Settings, *args: str, dataset: str = "sim") -> str:
+    """Run the ``feast`` CLI on ``feature_repo/`` with this profile's store; return its output.
+
+    Raises:
+        RuntimeError: with Feast's own output when the command fails.
+    """
+    binary = str(Path(sys.executable).parent / "feast")
+    cmd = [binary, "-c", str(FEATURE_REPO), "-f", str(store_yaml(settings)), *args]
+    out = subprocess.run(cmd, env=_feast_env(settings, dataset), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"`feast {' '.join(args)}` failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout + out.stderr
+
+
+def plan_and_apply(settings: Settings, dataset: str = "sim", allow_destructive: bool = False) -> dict[str, list[str]]:
+    """``feast plan``; refuse deletions unless allowed; then ``feast apply``.
+
+    Returns:
+        The planned changes by kind (``created``, ``updated``, ``deleted``).
+    """
+    plan = feast_cli(settings, "plan", dataset=dataset)
+    changes: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
+    for line in plan.splitlines():
+        match = re.match(r"^(Created|Updated|Deleted|Removed) (.+)$", line.strip())
+        if match:
+            kind = {"Removed": "deleted"}.get(match.group(1), match.group(1).lower())
+            changes[kind].append(match.group(2))
+    if changes["deleted"] and not allow_destructive:
+        raise DestructivePlanError(
+            "feast plan would delete: " + "; ".join(changes["deleted"]) + ". Re-run with allow_destructive "
+            "(CLI: --allow-destructive, DAG Param allow_destructive) if that is intended."
+        )
+    feast_cli(settings, "apply", dataset=dataset)
+    return changes
+
+
+def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
+    """A Python SDK handle on the profile's store (what other teams use)."""
+    from feast import FeatureStore
+
+    os.environ.setdefault("COLDSTART_FEATURE_DATASET", dataset)
+    return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=store_yaml(settings))
+
+
+def materialize_day(
+    store: FeatureStore, layout: FeatureLayout, day: dt.date, overlap: dt.timedelta = MATERIALIZE_OVERLAP
+) -> tuple[dt.datetime, dt.datetime]:
+    """Materialize the snapshots of ``day`` (stamped at its end), re-reading ``overlap`` before for late data."""
+    snapshot = day_bounds(day)[1]
+    start, end = snapshot - overlap, snapshot + dt.timedelta(seconds=1)
+    views = [fv.name for fv in store.list_feature_views() if fv.name != "item_content_fv"]
+    store.materialize(start_date=start, end_date=end, feature_views=views)
+    # Item content is stamped at publish time: cover every publish time in the day's file (the first day's
+    # file also holds the items published before the logs start).
+    content = layout.path("item_content", day)
+    if content.is_file():
+        stamps = pq.read_table(content, columns=["event_timestamp"]).column(0)
+        if len(stamps):
+            first = min(pc.min(stamps).as_py(), start)
+            store.materialize(start_date=first, end_date=end, feature_views=["item_content_fv"])
+    return start, end
+
+
+def online_features(
+    store: FeatureStore, service: str, user_id: int | None = None, item_ids: list[int] | None = None
+) -> dict[str, Any]:
+    """Online lookup for one user and/or a list of items through a feature service.
+
+    Unknown ids come back with null values (status NOT_FOUND), never an error. With both a user and items,
+    the user's features are repeated for each item row.
+
+    Returns:
+        ``{"values": {name: [...]}, "statuses": {name: ["PRESENT" | "NOT_FOUND" | ...]}}``, one entry per row.
+    """
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    feature_service = store.get_feature_service(service)
+    projections = feature_service.feature_view_projections
+    item_ids = list(item_ids or [])
+    if not item_ids and user_id is None:
+        raise ValueError("give a user_id, item_ids or both")
+    rows: list[dict[str, int]] = [{"item_id": i} for i in item_ids] or [{}]
+    if user_id is not None:
+        rows = [row | {"user_id": user_id} for row in rows]
+    if item_ids and any(p.name == "author_stats_fv" for p in projections):
+        # Authors are reached through their items: look the author of each item up first.
+        authors = store.get_online_features(
+            features=["item_content_fv:author_id"], entity_rows=[{"item_id": i} for i in item_ids]
+        ).to_dict()["author_id"]
+        rows = [row | {"author_id": a if a is not None else -1} for row, a in zip(rows, authors, strict=True)]
+    entity_keys = set(rows[0])
+    wanted = [p for p in projections if set(_join_keys(store, p.name)) <= entity_keys]
+    features = [f"{p.name_to_use()}:{f.name}" for p in wanted for f in p.features]
+    response = store.get_online_features(features=features, entity_rows=rows)
+    names = list(response.proto.metadata.feature_names.val)
+    statuses = {
+        name: [FieldStatus.Name(s) for s in result.statuses]
+        for name, result in zip(names, response.proto.results, strict=True)
+    }
+    return {"values": response.to_dict(), "statuses": statuses}
+
+
+def _join_keys(store: FeatureStore, view: str) -> list[str]:
+    fv = store.get_feature_view(view)
+    return [column.name for column in fv.entity_columns]
