@@ -19,14 +19,9 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.orchestration import run_day
+
 CLEAN_LOGS = Asset("coldstart_clean_logs")
-
-
-def _run_day() -> tuple[str, dt.date, float]:
-    context = get_current_context()
-    params = context["params"]
-    day = dt.date.fromisoformat(params["date"]) if params.get("date") else context["logical_date"].date()
-    return params["dataset"], day, float(params["threshold"])
 
 
 @dag(
@@ -50,7 +45,8 @@ def validate_logs() -> None:
         """Route every raw row to clean/ or quarantine/ and write the summary (never fails on the share)."""
         from pipelines.validation.api import validate_for_run
 
-        return validate_for_run(*_run_day())
+        context = get_current_context()
+        return validate_for_run(*run_day(context), float(context["params"]["threshold"]))
 
     @task(outlets=[CLEAN_LOGS], retries=0)
     def quarantine_gate(summary: dict) -> None:
@@ -58,6 +54,10 @@ def validate_logs() -> None:
         from pipelines.validation.api import enforce_threshold
 
         enforce_threshold(summary)
+        get_current_context()["outlet_events"][CLEAN_LOGS].extra = {
+            "dataset": summary["dataset"],
+            "date": summary["date"],
+        }
 
     quarantine_gate(validate())
 

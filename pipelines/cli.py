@@ -161,6 +161,64 @@ def validate(
         enforce_threshold(summary)
 
 
+@app.command()
+@_clear_errors
+def features(
+    date: Annotated[
+        list[dt.datetime] | None, typer.Option(formats=["%Y-%m-%d"], help="Day(s); default: every clean day.")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset under COLDSTART_HOME/data.")] = "sim",
+    allow_destructive: Annotated[bool, typer.Option(help="Allow a Feast plan that deletes objects.")] = False,
+) -> None:
+    """Compute feature snapshots (DuckDB), `feast plan` + `feast apply`, and materialize into the online store."""
+    from pipelines.data.contract import Store
+    from pipelines.features.api import apply_for_run, compute_for_run, materialize_for_run
+
+    settings = _settings()
+    days = [d.date() for d in date] if date else Store(settings.data_dir, dataset).partitions("impressions", "clean")
+    if not days:
+        raise typer.BadParameter(f"dataset {dataset!r} has no clean impressions: run `coldstart validate` first")
+    computed = {day: compute_for_run(dataset, day) for day in days}
+    changes = apply_for_run(dataset, allow_destructive)
+    for day in days:
+        window = materialize_for_run(dataset, day)
+        rows = computed[day]["rows"]
+        _print_summary(
+            f"Features {dataset} {day}",
+            {**{f"rows {t}": n for t, n in rows.items()}, "materialized": f"{window['start']} .. {window['end']}"},
+        )
+    _print_summary("Feast plan applied", {k: len(v) for k, v in changes.items()})
+
+
+@app.command()
+@_clear_errors
+def lookup(
+    user: Annotated[int | None, typer.Option(help="User id.")] = None,
+    item: Annotated[list[int] | None, typer.Option(help="Item id (repeat for several).")] = None,
+    service: Annotated[str, typer.Option(help="Feature service.")] = "esmm_v1",
+    dataset: Annotated[str, typer.Option()] = "sim",
+) -> None:
+    """Online feature lookup by id, as another team would do it through the SDK (prints JSON)."""
+    from pipelines.features.store import get_store, online_features
+
+    if user is None and not item:
+        raise typer.BadParameter("give --user, --item or both")
+    store = get_store(_settings(), dataset)
+    console.print_json(json.dumps(online_features(store, service, user, item), default=str))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_clear_errors
+def feast(ctx: typer.Context) -> None:
+    """Run the `feast` CLI on feature_repo/ with this profile's store, e.g. `coldstart feast serve -p 6566`."""
+    import subprocess
+
+    from pipelines.features.store import feast_invocation
+
+    prefix, env = feast_invocation(_settings())
+    raise typer.Exit(subprocess.run([*prefix, *ctx.args], env=env).returncode)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_clear_errors
 def airflow(ctx: typer.Context) -> None:
@@ -245,6 +303,7 @@ def demo(
              policy="popularity", design="user_split", dataset="sim")  # fmt: skip
     ingest_movielens()
     validate(date=None, threshold=0.05, dataset="sim")
+    features(date=None, dataset="sim", allow_destructive=False)
     info(as_json=False)
 
 

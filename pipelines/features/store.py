@@ -50,13 +50,16 @@ def store_yaml(settings: Settings) -> Path:
     return path
 
 
-def _feast_env(settings: Settings, dataset: str) -> dict[str, str]:
-    return {
+def feast_invocation(settings: Settings, dataset: str = "sim") -> tuple[list[str], dict[str, str]]:
+    """The ``feast`` command prefix (repo and store file) and environment for this profile and dataset."""
+    binary = str(Path(sys.executable).parent / "feast")
+    env = {
         **os.environ,
         "COLDSTART_HOME": str(settings.home),
         "COLDSTART_PROFILE": settings.profile,
         "COLDSTART_FEATURE_DATASET": dataset,
     }
+    return [binary, "-c", str(FEATURE_REPO), "-f", str(store_yaml(settings))], env
 
 
 def feast_cli(settings: Settings, *args: str, dataset: str = "sim") -> str:
@@ -65,9 +68,8 @@ def feast_cli(settings: Settings, *args: str, dataset: str = "sim") -> str:
     Raises:
         RuntimeError: with Feast's own output when the command fails.
     """
-    binary = str(Path(sys.executable).parent / "feast")
-    cmd = [binary, "-c", str(FEATURE_REPO), "-f", str(store_yaml(settings)), *args]
-    out = subprocess.run(cmd, env=_feast_env(settings, dataset), capture_output=True, text=True)
+    prefix, env = feast_invocation(settings, dataset)
+    out = subprocess.run([*prefix, *args], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"`feast {' '.join(args)}` failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout + out.stderr
