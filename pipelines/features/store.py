@@ -108,9 +108,14 @@ def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
 def materialize_day(
     store: FeatureStore, layout: FeatureLayout, day: dt.date, overlap: dt.timedelta = MATERIALIZE_OVERLAP
 ) -> tuple[dt.datetime, dt.datetime]:
-    """Materialize the snapshots of ``day`` (stamped at its end), re-reading ``overlap`` before for late data."""
-    snapshot = day_bounds(day)[1]
-    start, end = snapshot - overlap, snapshot + dt.timedelta(seconds=1)
+    """Materialize the snapshots of ``day`` (stamped at its end), re-reading ``overlap`` before for late data.
+
+    The window always runs to the newest snapshot computed so far, so re-running an older day (a backfill)
+    never puts older values over newer ones: the online store ends in the same state either way.
+    """
+    newest = max([day, *layout.days("user_profile")])
+    start = day_bounds(day)[1] - overlap
+    end = day_bounds(newest)[1] + dt.timedelta(seconds=1)
     views = [fv.name for fv in store.list_feature_views() if fv.name != "item_content_fv"]
     store.materialize(start_date=start, end_date=end, feature_views=views)
     # Item content is stamped at publish time: cover every publish time in the day's file (the first day's

@@ -43,14 +43,21 @@ def labelled_impressions(data: Store, start: dt.date, end: dt.date) -> pd.DataFr
 def build_training_set(
     store: FeatureStore, data: Store, start: dt.date, end: dt.date, service: str = "esmm_v1"
 ) -> pd.DataFrame:
-    """Labelled impressions of [start, end] with the features of ``service`` as of each impression."""
+    """Labelled impressions of [start, end] with the features of ``service`` as of each impression.
+
+    Every impression is kept; a feature with no value at or before the impression (a brand-new user or item,
+    or an expired snapshot) is null.
+    """
     entity_df = labelled_impressions(data, start, end)
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service))
-    joined = job.to_df()
-    # Feast 0.67's file (Dask) offline store drops entity rows that match no feature row at all: exactly the
-    # brand-new users and items. Join the features back onto every impression so those rows keep null features.
-    features = [c for c in joined.columns if c not in entity_df.columns]
-    frame = entity_df.merge(joined[["request_id", "position", *features]], on=["request_id", "position"], how="left")
+    frame = entity_df
+    # Feast 0.67's file (Dask) offline store drops entity rows that match no row of a view, which would drop
+    # exactly the brand-new users and items and, in a multi-view query, their other views' features with them.
+    # So each view is joined on its own and merged back onto every impression.
+    for projection in store.get_feature_service(service).feature_view_projections:
+        features = [f"{projection.name_to_use()}:{f.name}" for f in projection.features]
+        joined = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+        columns = [c for c in joined.columns if c not in entity_df.columns]
+        frame = frame.merge(joined[["request_id", "position", *columns]], on=["request_id", "position"], how="left")
     if len(frame) != len(entity_df):
         raise RuntimeError(f"point-in-time join returned {len(frame)} rows for {len(entity_df)} impressions")
     return frame.sort_values(["event_time", "request_id", "position"], kind="stable").reset_index(drop=True)
