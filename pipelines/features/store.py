@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -140,8 +141,6 @@ def online_features(
     Returns:
         ``{"values": {name: [...]}, "statuses": {name: ["PRESENT" | "NOT_FOUND" | ...]}}``, one entry per row.
     """
-    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
-
     feature_service = store.get_feature_service(service)
     projections = feature_service.feature_view_projections
     item_ids = list(item_ids or [])
@@ -161,13 +160,42 @@ def online_features(
     features = [f"{p.name_to_use()}:{f.name}" for p in wanted for f in p.features]
     response = store.get_online_features(features=features, entity_rows=rows)
     names = list(response.proto.metadata.feature_names.val)
-    statuses = {
-        name: [FieldStatus.Name(s) for s in result.statuses]
-        for name, result in zip(names, response.proto.results, strict=True)
-    }
+    statuses = {name: _statuses(result) for name, result in zip(names, response.proto.results, strict=True)}
     return {"values": response.to_dict(), "statuses": statuses}
+
+
+def _statuses(result) -> list[str]:
+    """Status names of one feature's values.
+
+    Feast 0.67's Redis store answers an unknown key with an empty value stamped at the epoch and status
+    PRESENT (the SQLite store says NOT_FOUND); both mean "no row", so both are reported as NOT_FOUND.
+    """
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    out = []
+    for value, status, stamp in zip(result.values, result.statuses, result.event_timestamps, strict=False):
+        empty = value.WhichOneof("val") is None and stamp.seconds == 0 and stamp.nanos == 0
+        out.append("NOT_FOUND" if status == FieldStatus.PRESENT and empty else FieldStatus.Name(status))
+    return out
 
 
 def _join_keys(store: FeatureStore, view: str) -> list[str]:
     fv = store.get_feature_view(view)
     return [column.name for column in fv.entity_columns]
+
+
+def push_item_stats(store: FeatureStore, stats: pd.DataFrame) -> None:
+    """Near-line update of item stats (new items change by the hour) straight into the online store.
+
+    Args:
+        stats: rows of the ``item_stats`` table (``item_id``, ``event_timestamp`` and every stat column).
+
+    Raises:
+        ValueError: naming the columns that are missing.
+    """
+    from feast.data_source import PushMode
+
+    expected = {"item_id", "event_timestamp", *(f.name for f in store.get_feature_view("item_stats_fv").features)}
+    if missing := sorted(expected - set(stats.columns)):
+        raise ValueError(f"item stats push is missing columns {missing}")
+    store.push("item_stats_push_source", stats[sorted(expected)], to=PushMode.ONLINE)

@@ -52,3 +52,16 @@ def test_importing_the_package_has_no_side_effects(tmp_path: Path) -> None:
     code = "import pipelines.cli, pipelines.settings, pipelines.data.contract, pipelines.data.simulator"
     subprocess.run([sys.executable, "-c", code], check=True, env={"COLDSTART_HOME": str(home), "PATH": ""})
     assert not home.exists()
+
+
+def test_checked_in_feature_store_yaml_matches_the_local_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+
+    import yaml
+
+    monkeypatch.setenv("COLDSTART_HOME", str(tmp_path))
+    checked_in = Path(__file__).resolve().parents[2] / "feature_repo" / "feature_store.yaml"
+    expanded = yaml.safe_load(os.path.expandvars(checked_in.read_text()))
+    assert expanded == get_settings().feast_store_config()

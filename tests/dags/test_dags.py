@@ -131,3 +131,15 @@ def test_quarantine_gate_fails_the_run_after_writing_outputs(one_day: Path) -> N
     assert states == {"validate": "success", "quarantine_gate": "failed"}
     assert (one_day / "data" / "sim" / "quarantine" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
     assert (one_day / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_materialize_features(one_day: Path) -> None:
+    out, _ = dags_test(one_day, "validate_logs", "2026-01-01")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    out, states = dags_test(one_day, "materialize_features", "2026-01-01")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"compute_features": "success", "feast_apply": "success", "materialize": "success"}
+    assert (one_day / "features" / "sim" / "item_stats" / "2026-01-01.parquet").is_file()
+    with sqlite3.connect(one_day / "feast" / "online_store.db") as db:
+        assert db.execute("SELECT count(*) FROM coldstart_user_activity_fv").fetchone()[0] > 0

@@ -17,7 +17,14 @@ import pytest
 from feast import FeatureView, Field
 from feast.types import Int64
 
-from pipelines.features.store import DestructivePlanError, get_store, materialize_day, online_features, plan_and_apply
+from pipelines.features.store import (
+    DestructivePlanError,
+    get_store,
+    materialize_day,
+    online_features,
+    plan_and_apply,
+    push_item_stats,
+)
 from pipelines.features.training_set import build_training_set
 
 from .conftest import Platform
@@ -156,3 +163,16 @@ def test_feast_serve_answers_http_lookups(platform: Platform, feast_store) -> No
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_push_updates_new_item_stats_online(platform: Platform, feast_store) -> None:
+    stats = pd.read_parquet(platform.layout.path("item_stats", platform.days[-1]))
+    newest = stats.sort_values("age_hours").head(1).copy()
+    item = int(newest["item_id"].iloc[0])
+    newest["exposures_total"] += 1000
+    newest["event_timestamp"] += pd.Timedelta(hours=3)
+    push_item_stats(feast_store, newest)
+    got = online_features(feast_store, "esmm_v1", item_ids=[item])["values"]["exposures_total"]
+    assert got == [int(newest["exposures_total"].iloc[0])]
+    with pytest.raises(ValueError, match="missing columns"):
+        push_item_stats(feast_store, newest.drop(columns=["age_hours"]))
