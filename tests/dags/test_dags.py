@@ -143,3 +143,22 @@ def test_airflow_dags_test_materialize_features(one_day: Path) -> None:
     assert (one_day / "features" / "sim" / "item_stats" / "2026-01-01.parquet").is_file()
     with sqlite3.connect(one_day / "feast" / "online_store.db") as db:
         assert db.execute("SELECT count(*) FROM coldstart_user_activity_fv").fetchone()[0] > 0
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_coldstart_ab_metrics(tmp_path: Path) -> None:
+    from ..conftest import run_sim
+
+    home = tmp_path / "coldstart"
+    run_sim(home / "data", days=3, users=1500)
+    conf = {"start": "2026-01-01", "end": "2026-01-03", "layer": "raw", "high_exposure_threshold": 100}
+    out, states = dags_test(home, "coldstart_ab_metrics", "2026-01-03", "--conf", json.dumps(conf))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"readout": "success"}
+    report = home / "reports" / "ab" / "sim" / "exp_new_item_boost" / "2026-01-01_2026-01-03" / "report.html"
+    assert report.is_file()
+    with sqlite3.connect(home / "mlflow" / "mlflow.db") as db:
+        runs = db.execute(
+            "SELECT r.status FROM runs r JOIN experiments e USING (experiment_id) WHERE e.name = 'coldstart_ab_metrics'"
+        ).fetchall()
+    assert runs == [("FINISHED",)]
