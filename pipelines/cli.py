@@ -192,6 +192,37 @@ def features(
 
 @app.command()
 @_clear_errors
+def train(
+    model: Annotated[list[str], typer.Option(help="Model(s): esmm, ple, mmoe, shared_bottom, base.")],
+    start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
+    end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day (validation day).")],
+    dataset: Annotated[str, typer.Option()] = "sim",
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    poso: Annotated[bool, typer.Option(help="POSO gates.")] = False,
+    uie: Annotated[bool, typer.Option(help="UIE enhancement (PLE only).")] = True,
+    config: Annotated[str, typer.Option(help="JSON overrides of the model config (unknown keys fail).")] = "{}",
+) -> None:
+    """Train models on the point-in-time training set, log to MLflow, register each as `candidate`."""
+    from pipelines.training.api import train_for_run
+
+    _settings()
+    for name in model:
+        overrides = {"poso": poso, **({"uie": {}} if name == "ple" and uie else {}), **json.loads(config)}
+        train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+        result = train_for_run(name, dataset, start.date(), end.date(), overrides, train_cfg)
+        _print_summary(
+            f"Trained {name}",
+            {
+                **{k: v for k, v in result.items() if k != "metrics"},
+                **{k: f"{v:.4f}" for k, v in result["metrics"].items()},
+            },
+        )
+
+
+@app.command()
+@_clear_errors
 def ab(
     start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day of the window.")],

@@ -1,0 +1,155 @@
+"""A generic trainer: the model supplies its loss, callbacks do logging, early stopping and checkpoints.
+
+Deterministic: each epoch seeds the global RNG (dropout) and its shuffling generator from (seed, epoch), and a
+checkpoint holds the model and the optimizer, so a run killed after epoch k and resumed gives the same weights
+as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from pipelines.training.dataset import batches
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 7
+    patience: int = Field(2, ge=1, description="Epochs without validation improvement before stopping.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads (both cores of the machine).")
+    progress: bool = False
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best: float = math.inf
+    stale: int = 0
+    stop: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Callback:
+    """Hooks; each gets the trainer."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class EarlyStopping(Callback):
+    def on_epoch_end(self, trainer, metrics):
+        state = trainer.state
+        if metrics["val_loss"] < state.best - 1e-6:
+            state.best, state.stale = metrics["val_loss"], 0
+            trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            state.stale += 1
+            state.stop = state.stale >= trainer.cfg.patience
+
+
+class Checkpoint(Callback):
+    """Writes ``last.pt`` (atomically) after every epoch."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, trainer, metrics):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "last.pt.tmp"
+        torch.save(trainer.snapshot(), tmp)
+        tmp.replace(self.folder / "last.pt")
+
+
+class LogMetrics(Callback):
+    def __init__(self, sink=None) -> None:
+        self.sink = sink  # e.g. mlflow.log_metrics
+
+    def on_epoch_end(self, trainer, metrics):
+        log.info("epoch %d %s", trainer.state.epoch, {k: round(v, 5) for k, v in metrics.items()})
+        if self.sink is not None:
+            self.sink(metrics, step=trainer.state.epoch)
+
+
+class Trainer:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, callbacks: list[Callback] | None = None, extra_metrics=None
+    ) -> None:
+        self.model, self.cfg = model, cfg
+        self.callbacks = callbacks or []
+        self.extra_metrics = extra_metrics  # (model, data) -> dict of validation metrics
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.state = TrainState()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": self.state.__dict__,
+            "best_state": self.best_state,
+            "rng": torch.get_rng_state(),
+        }
+
+    def resume(self, path: Path) -> None:
+        snap = torch.load(path, weights_only=False)
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.state = TrainState(**snap["state"])
+        self.best_state = snap["best_state"]
+        torch.set_rng_state(snap["rng"])
+
+    def evaluate_loss(self, data: dict[str, torch.Tensor]) -> float:
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for batch in batches(data, 8192):
+                loss, _ = self.model.loss(batch, self.model(batch))
+                size = len(batch["click"]) if "click" in batch else 1
+                total, n = total + float(loss) * size, n + size
+        return total / max(n, 1)
+
+    def fit(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> TrainState:
+        from tqdm import tqdm
+
+        while self.state.epoch < self.cfg.epochs and not self.state.stop:
+            self.model.train()
+            # Everything random in an epoch (shuffle, dropout) derives from (seed, epoch): reruns and resumes agree.
+            torch.manual_seed(self.cfg.seed * 1000 + self.state.epoch)
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.state.epoch)
+            running, steps = 0.0, 0
+            for batch in tqdm(batches(train, self.cfg.batch_size, generator), disable=not self.cfg.progress):
+                loss, _ = self.model.loss(batch, self.model(batch))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                running, steps = running + float(loss), steps + 1
+            self.state.epoch += 1
+            metrics = {"train_loss": running / max(steps, 1), "val_loss": self.evaluate_loss(val)}
+            if self.extra_metrics is not None:
+                metrics |= self.extra_metrics(self.model, val)
+            self.state.history.append(metrics)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, metrics)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.state

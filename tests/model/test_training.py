@@ -1,0 +1,125 @@
+"""Trainer determinism and resume, the encoder's cold paths, and MLflow registration by alias."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.models.esmm import ESMM, ESMMConfig
+from pipelines.settings import get_settings
+from pipelines.training.dataset import COUNTS, RATES, FeatureEncoder
+from pipelines.training.trainer import Checkpoint, TrainConfig, Trainer
+
+
+def synthetic_frame(n: int = 3000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "event_time": start + pd.to_timedelta(rng.integers(0, 3 * 86400, n), unit="s"),
+            "user_id": rng.integers(0, 200, n),
+            "item_id": rng.integers(0, 300, n),
+            "author_id": rng.integers(0, 30, n),
+            "gender": rng.choice(["F", "M"], n),
+            "age": rng.integers(16, 60, n),
+            "occupation": rng.choice(["a", "b"], n),
+            "region": rng.choice(["r1", "r2"], n),
+            "device": rng.choice(["ios", "web"], n),
+            "category": rng.choice(["food", "pets", "tech"], n),
+            "content_vector": [rng.normal(size=4).astype(np.float32) for _ in range(n)],
+            "recent_item_ids": [rng.integers(0, 300, rng.integers(0, 5)) for _ in range(n)],
+        }
+    )
+    for column in COUNTS:
+        frame[column] = rng.poisson(5, n).astype(float)
+    for column in RATES:
+        frame[column] = rng.random(n)
+    frame.loc[rng.random(n) < 0.1, "view_count"] = np.nan  # cold rows without activity features
+    score = (frame["category"] == "pets") * 1.5 + frame["ctr_smoothed_7d"] - 2
+    frame["click"] = (rng.random(n) < 1 / (1 + np.exp(-score))).astype(np.int8)
+    frame["conversion"] = (frame["click"] * (rng.random(n) < 0.3)).astype(np.int8)
+    return frame.sort_values("event_time").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    frame = synthetic_frame()
+    encoder = FeatureEncoder.fit(frame)
+    return encoder, encoder.transform(frame)
+
+
+def fresh_trainer(encoder, tmp: Path | None, epochs: int) -> Trainer:
+    torch.manual_seed(0)
+    model = ESMM(encoder.spec(), ESMMConfig(tower=[8], dropout=0.1))
+    callbacks = [Checkpoint(tmp)] if tmp else []
+    return Trainer(model, TrainConfig(epochs=epochs, batch_size=256, seed=3, patience=5), callbacks)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tensors, tmp_path: Path) -> None:
+    encoder, data = tensors
+    straight = fresh_trainer(encoder, None, 3)
+    straight.fit(data, data)
+    killed = fresh_trainer(encoder, tmp_path, 1)
+    killed.fit(data, data)  # "killed" after epoch 1
+    resumed = fresh_trainer(encoder, tmp_path, 3)
+    resumed.resume(tmp_path / "last.pt")
+    assert resumed.state.epoch == 1
+    resumed.fit(data, data)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_same_seed_same_weights(tensors) -> None:
+    encoder, data = tensors
+    a, b = fresh_trainer(encoder, None, 1), fresh_trainer(encoder, None, 1)
+    a.fit(data, data)
+    b.fit(data, data)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )
+
+
+def test_unknown_users_and_items_take_the_default_embedding(tensors) -> None:
+    encoder, _ = tensors
+    frame = synthetic_frame(5, seed=1)
+    frame["user_id"] = 10**9
+    frame["item_id"] = 10**9
+    frame["view_count"] = np.nan
+    batch = encoder.transform(frame)
+    assert (batch["sparse"][:, 0] == 0).all() and (batch["sparse"][:, 1] == 0).all()
+    model = ESMM(encoder.spec(), ESMMConfig(tower=[8]))
+    scores = model(batch)["p_ctr"]
+    assert torch.isfinite(scores).all() and len(torch.argsort(scores, descending=True)) == 5
+
+
+def test_an_illegal_conversion_without_click_is_zeroed(tensors) -> None:
+    encoder, _ = tensors
+    frame = synthetic_frame(10, seed=2)
+    frame["click"], frame["conversion"] = 0, 1
+    assert encoder.transform(frame)["conversion"].sum() == 0
+
+
+def test_registered_version_loads_by_alias_and_predicts_identically(tmp_path: Path) -> None:
+    import mlflow
+
+    from pipelines.training.api import train_model
+
+    settings = get_settings(home=tmp_path / "home")
+    frame = synthetic_frame()
+    result = train_model(settings, "esmm", frame, {"tower": [8]}, {"epochs": 1, "batch_size": 512})
+    assert result["version"] == "1" and "val_auc_ctr" in result["metrics"]
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{result['registered_model']}@candidate")
+    rows = frame.tail(50).reset_index(drop=True)
+    first = loaded.predict(rows)
+    again = mlflow.pyfunc.load_model(f"models:/{result['registered_model']}@candidate").predict(rows)
+    assert list(first.columns) == ["p_ctr", "p_cvr", "p_ctcvr"] and len(first) == 50
+    pd.testing.assert_frame_equal(first, again)
+    np.testing.assert_allclose(first["p_ctcvr"], first["p_ctr"] * first["p_cvr"], rtol=1e-6)
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.params["model"] == "esmm" and "val_loss" in run.data.metrics
+    # Unknown config keys are rejected before anything trains.
+    with pytest.raises(ValueError, match="extra"):
+        train_model(settings, "esmm", frame, {"towr": [8]}, {"epochs": 1})
