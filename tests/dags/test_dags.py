@@ -162,3 +162,27 @@ def test_airflow_dags_test_coldstart_ab_metrics(tmp_path: Path) -> None:
             "SELECT r.status FROM runs r JOIN experiments e USING (experiment_id) WHERE e.name = 'coldstart_ab_metrics'"
         ).fetchall()
     assert runs == [("FINISHED",)]
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_train_models(tmp_path: Path) -> None:
+    import mlflow
+
+    from pipelines.features.store import get_store, materialize_day, plan_and_apply
+
+    from ..integration.conftest import build_platform
+
+    platform = build_platform(tmp_path / "coldstart")
+    plan_and_apply(platform.settings)
+    store = get_store(platform.settings)
+    for day in platform.days[:2]:
+        materialize_day(store, platform.layout, day)
+    conf = {"date": "2026-01-02", "window_days": 2, "models": ["esmm"], "epochs": 1, "batch_size": 2048}
+    out, states = dags_test(platform.settings.home, "train_models", "2026-01-02", "--conf", json.dumps(conf))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"chosen": "success", "train": "success"}
+    mlflow.set_tracking_uri(platform.settings.mlflow_tracking_uri)
+    version = mlflow.MlflowClient().get_model_version_by_alias("coldstart_esmm", "candidate")
+    run = mlflow.get_run(version.run_id)
+    assert run.data.tags["lineage.feature_service"] == "esmm_v1"
+    assert run.data.tags["lineage.end"] == "2026-01-02"
