@@ -21,7 +21,7 @@ from pipelines.orchestration import run_day
 
 FEATURES = Asset("coldstart_features")
 MODELS = Asset("coldstart_candidate_models")
-CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base"]
+CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
 @dag(
@@ -62,6 +62,14 @@ def train_models() -> None:
 
         context = get_current_context()
         p = context["params"]
+        if model == "melu":  # meta-learned on MovieLens-1M's MeLU split, not on the window's impressions
+            from pipelines.models.melu import MeLUConfig
+            from pipelines.settings import get_settings
+            from pipelines.training.meta import train_melu
+
+            result = train_melu(get_settings(), MeLUConfig(), epochs=int(p["epochs"]))
+            context["outlet_events"][MODELS].extra = {"model": model, "version": result["version"]}
+            return result
         dataset, end = run_day(context)
         start = end - dt.timedelta(days=int(p["window_days"]) - 1)
         model_config: dict = {"poso": bool(p["poso"])}

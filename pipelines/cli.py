@@ -193,7 +193,7 @@ def features(
 @app.command()
 @_clear_errors
 def train(
-    model: Annotated[list[str], typer.Option(help="Model(s): esmm, ple, mmoe, shared_bottom, base.")],
+    model: Annotated[list[str], typer.Option(help="Model(s): esmm, ple, mmoe, shared_bottom, base, melu.")],
     start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day (validation day).")],
     dataset: Annotated[str, typer.Option()] = "sim",
@@ -207,8 +207,16 @@ def train(
     """Train models on the point-in-time training set, log to MLflow, register each as `candidate`."""
     from pipelines.training.api import train_for_run
 
-    _settings()
+    settings = _settings()
     for name in model:
+        if name == "melu":
+            from pipelines.models.melu import MeLUConfig
+            from pipelines.training.meta import train_melu
+
+            result = train_melu(settings, MeLUConfig(**json.loads(config)), epochs=epochs)
+            scores = {f"{s} MAE": f"{v['mae']:.4f}" for s, v in result["scores"].items()}
+            _print_summary("Trained melu", {"version": result["version"], "run_id": result["run_id"], **scores})
+            continue
         overrides = {"poso": poso, **({"uie": {}} if name == "ple" and uie else {}), **json.loads(config)}
         train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
         result = train_for_run(name, dataset, start.date(), end.date(), overrides, train_cfg)
