@@ -17,7 +17,14 @@ from pipelines.models import RANKERS
 from pipelines.settings import Settings, get_settings
 from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder
 from pipelines.training.registry import build_ranker, log_and_register
-from pipelines.training.trainer import Checkpoint, EarlyStopping, LogMetrics, TrainConfig, Trainer
+from pipelines.training.trainer import (
+    Checkpoint,
+    EarlyStopping,
+    LogMetrics,
+    TrainConfig,
+    Trainer,
+    distributed_rank,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +86,34 @@ def train_model(
     resolved = cfg.model_dump()
     net = build_ranker(model, encoder, resolved)
     key = hashlib.sha1(json.dumps([model, resolved, tcfg.model_dump(), lineage], default=str).encode()).hexdigest()[:12]
-    checkpoints = settings.home / "checkpoints" / f"{model}-{key}"
+    rank, world = distributed_rank()
+    checkpoints = settings.home / "checkpoints" / f"{model}-{key}" / (f"ddp{world}" if world > 1 else "single")
+
+    def fit(sink) -> Trainer:
+        callbacks = [EarlyStopping(), LogMetrics(sink)] + ([Checkpoint(checkpoints)] if rank == 0 else [])
+        trainer = Trainer(net, tcfg, callbacks, validation_metrics)
+        if (checkpoints / "last.pt").is_file():
+            log.info("resuming %s from %s", model, checkpoints)
+            trainer.resume(checkpoints / "last.pt")
+        trainer.fit(train, val)
+        return trainer
+
+    if rank > 0:  # under torchrun only rank 0 talks to MLflow
+        trainer = fit(None)
+        return {"model": model, "rank": rank, "epochs": trainer.state.epoch}
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
         settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
     mlflow.set_experiment(MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"{model} {key}") as run:
-        mlflow.log_params({"model": model, **{f"train.{k}": v for k, v in tcfg.model_dump().items()}})
+        mlflow.log_params(
+            {"model": model, "world_size": world, **{f"train.{k}": v for k, v in tcfg.model_dump().items()}}
+        )
         mlflow.log_dict({"model": resolved, "train": tcfg.model_dump(), "lineage": lineage}, "resolved_config.json")
         mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()})
         mlflow.log_metrics({"train_rows": len(train_frame), "val_rows": len(val_frame)})
-        trainer = Trainer(
-            net, tcfg, [EarlyStopping(), LogMetrics(mlflow.log_metrics), Checkpoint(checkpoints)], validation_metrics
-        )
-        if (checkpoints / "last.pt").is_file():
-            log.info("resuming %s from %s", model, checkpoints)
-            trainer.resume(checkpoints / "last.pt")
-        state = trainer.fit(train, val)
+        trainer = fit(mlflow.log_metrics)
         final = validation_metrics(net, val)
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
         if getattr(net, "uie", None) is not None:
@@ -108,7 +125,8 @@ def train_model(
         "run_id": run.info.run_id,
         "registered_model": registered_name(model),
         "version": version,
-        "epochs": state.epoch,
+        "epochs": trainer.state.epoch,
+        "world_size": world,
         "metrics": {k: float(v) for k, v in final.items()},
     }
 

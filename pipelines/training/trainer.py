@@ -22,6 +22,16 @@ from pipelines.training.dataset import batches
 log = logging.getLogger(__name__)
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside ``torchrun``. Joins the gloo process group when launched by torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,7 +92,7 @@ class LogMetrics(Callback):
 
     def on_epoch_end(self, trainer, metrics):
         log.info("epoch %d %s", trainer.state.epoch, {k: round(v, 5) for k, v in metrics.items()})
-        if self.sink is not None:
+        if self.sink is not None and trainer.rank == 0:
             self.sink(metrics, step=trainer.state.epoch)
 
 
@@ -94,6 +104,9 @@ class Trainer:
         self.callbacks = callbacks or []
         self.extra_metrics = extra_metrics  # (model, data) -> dict of validation metrics
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rank, self.world = distributed_rank()
+        # Under torchrun the same code trains data-parallel: DDP averages gradients across processes.
+        self.net = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
         self.state = TrainState()
         self.best_state: dict[str, torch.Tensor] | None = None
         torch.set_num_threads(cfg.threads)
@@ -135,8 +148,12 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1000 + self.state.epoch)
             generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.state.epoch)
             running, steps = 0.0, 0
-            for batch in tqdm(batches(train, self.cfg.batch_size, generator), disable=not self.cfg.progress):
-                loss, _ = self.model.loss(batch, self.model(batch))
+            epoch_batches = list(batches(train, self.cfg.batch_size, generator))
+            if self.world > 1:  # every rank takes the same number of batches, or DDP would wait forever
+                usable = len(epoch_batches) - len(epoch_batches) % self.world
+                epoch_batches = epoch_batches[self.rank : usable : self.world]
+            for batch in tqdm(epoch_batches, disable=not self.cfg.progress or self.rank > 0):
+                loss, _ = self.model.loss(batch, self.net(batch))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
