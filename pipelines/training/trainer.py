@@ -42,6 +42,7 @@ class TrainConfig(BaseModel):
     seed: int = 7
     patience: int = Field(2, ge=1, description="Epochs without validation improvement before stopping.")
     threads: int = Field(2, ge=1, description="torch intra-op threads (both cores of the machine).")
+    fused_adam: bool = Field(True, description="Adam's fused multi-tensor kernel (also on CPU).")
     progress: bool = False
 
 
@@ -103,7 +104,9 @@ class Trainer:
         self.model, self.cfg = model, cfg
         self.callbacks = callbacks or []
         self.extra_metrics = extra_metrics  # (model, data) -> dict of validation metrics
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_adam
+        )
         self.rank, self.world = distributed_rank()
         # Under torchrun the same code trains data-parallel: DDP averages gradients across processes.
         self.net = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
@@ -157,7 +160,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                running, steps = running + float(loss), steps + 1
+                running, steps = running + float(loss.detach()), steps + 1
             self.state.epoch += 1
             metrics = {"train_loss": running / max(steps, 1), "val_loss": self.evaluate_loss(val)}
             if self.extra_metrics is not None:
