@@ -389,6 +389,9 @@ def demo(
     ab(start=dt.datetime.combine(days[0], dt.time()), end=dt.datetime.combine(days[-1], dt.time()),
        experiment_id="exp_new_item_boost", dataset="sim", high_exposure_threshold=100, exposure_target=60,
        hot_clicks=30, treatment_share=0.5, layer="clean")  # fmt: skip
+    train(model=["esmm", "ple", "melu"], start=dt.datetime.combine(days[1], dt.time()),
+          end=dt.datetime.combine(days[-1], dt.time()), dataset="sim", epochs=1, batch_size=1024, lr=1e-3,
+          poso=False, uie=True, config="{}")  # fmt: skip
     info(as_json=False)
 
 

@@ -56,6 +56,23 @@ def validation_metrics(model, data) -> dict[str, float]:
     return metrics
 
 
+def warm_start(net, uri: str, train: dict) -> int:
+    """Copy the weights of ``uri`` whose names and shapes match into ``net``; returns how many tensors."""
+    import mlflow
+    import torch
+
+    source = mlflow.pyfunc.load_model(uri).unwrap_python_model().model.state_dict()
+    target = net.state_dict()
+    matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    net.load_state_dict(matching, strict=False)
+    uie = getattr(net, "uie", None)
+    if uie is not None:
+        sample = {k: v[:4096] for k, v in train.items()}
+        with torch.no_grad():
+            uie.user_memory.warm_start(uie._user_vector(sample), torch.Generator().manual_seed(0))
+    return len(matching)
+
+
 def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The last day validates, the days before train."""
     days = frame["event_time"].dt.date
@@ -72,8 +89,15 @@ def train_model(
     model_config: dict | None = None,
     train_config: dict | None = None,
     lineage: dict | None = None,
+    warm_start_from: str | None = None,
 ) -> dict:
-    """Fit ``model`` on ``frame`` (time split), log the run and register the version as ``candidate``."""
+    """Fit ``model`` on ``frame`` (time split), log the run and register the version as ``candidate``.
+
+    Args:
+        warm_start_from: an MLflow model URI (e.g. ``models:/coldstart_ple@champion``) whose weights of matching
+            name and shape initialise the new model; UIE's centroids are then re-seeded (k-means++) from the
+            warm user tower, the remedy for centroid collapse.
+    """
     import mlflow
 
     if model not in RANKERS:
@@ -85,6 +109,9 @@ def train_model(
     train, val = encoder.transform(train_frame), encoder.transform(val_frame)
     resolved = cfg.model_dump()
     net = build_ranker(model, encoder, resolved)
+    if warm_start_from:
+        loaded = warm_start(net, warm_start_from, train)
+        lineage = {**(lineage or {}), "warm_start_from": warm_start_from, "warm_started_tensors": loaded}
     key = hashlib.sha1(json.dumps([model, resolved, tcfg.model_dump(), lineage], default=str).encode()).hexdigest()[:12]
     rank, world = distributed_rank()
     checkpoints = settings.home / "checkpoints" / f"{model}-{key}" / (f"ddp{world}" if world > 1 else "single")

@@ -123,3 +123,31 @@ def test_registered_version_loads_by_alias_and_predicts_identically(tmp_path: Pa
     # Unknown config keys are rejected before anything trains.
     with pytest.raises(ValueError, match="extra"):
         train_model(settings, "esmm", frame, {"towr": [8]}, {"epochs": 1})
+
+
+def test_warm_start_from_a_registered_model(tmp_path: Path) -> None:
+    from pipelines.training.api import train_model
+
+    settings = get_settings(home=tmp_path / "home")
+    frame = synthetic_frame()
+    config = {"expert": [16], "tower": [8], "uie": {"dim": 8, "user_centroids": 8, "item_centroids": 8}}
+    first = train_model(settings, "ple", frame, config, {"epochs": 1, "batch_size": 512})
+    second = train_model(
+        settings, "ple", frame, config, {"epochs": 1, "batch_size": 512},
+        warm_start_from=f"models:/{first['registered_model']}/{first['version']}",
+    )  # fmt: skip
+    import mlflow
+
+    run = mlflow.get_run(second["run_id"])
+    assert int(run.data.tags["lineage.warm_started_tensors"]) > 10
+    assert second["version"] == "2"
+
+
+@pytest.mark.parametrize("name", ["base", "shared_bottom", "esmm", "mmoe", "ple"])
+def test_every_tiny_config_trains_and_registers(name: str, tmp_path: Path) -> None:
+    from pipelines.models import TINY_CONFIGS
+    from pipelines.training.api import train_model
+
+    settings = get_settings(home=tmp_path / "home")
+    result = train_model(settings, name, synthetic_frame(1500), TINY_CONFIGS[name], {"epochs": 1, "batch_size": 256})
+    assert result["version"] == "1" and 0.0 <= result["metrics"]["val_auc_ctr"] <= 1.0
