@@ -108,6 +108,9 @@ def train_model(
     encoder = FeatureEncoder.fit(train_frame)
     train, val = encoder.transform(train_frame), encoder.transform(val_frame)
     resolved = cfg.model_dump()
+    import torch
+
+    torch.manual_seed(tcfg.seed)  # the initial weights too: same config, same data, same model
     net = build_ranker(model, encoder, resolved)
     if warm_start_from:
         loaded = warm_start(net, warm_start_from, train)

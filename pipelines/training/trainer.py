@@ -151,10 +151,15 @@ class Trainer:
             torch.manual_seed(self.cfg.seed * 1000 + self.state.epoch)
             generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.state.epoch)
             running, steps = 0.0, 0
-            epoch_batches = list(batches(train, self.cfg.batch_size, generator))
-            if self.world > 1:  # every rank takes the same number of batches, or DDP would wait forever
-                usable = len(epoch_batches) - len(epoch_batches) % self.world
-                epoch_batches = epoch_batches[self.rank : usable : self.world]
+            epoch_batches = batches(train, self.cfg.batch_size, generator)
+            if self.world > 1:
+                # Each rank takes its slice of every global batch: the same steps as one process, and DDP's
+                # gradient average over the slices is the gradient of the whole batch.
+                epoch_batches = (
+                    {k: v[self.rank :: self.world] for k, v in b.items()}
+                    for b in epoch_batches
+                    if len(b["sparse"]) >= self.world  # a rank must never get an empty slice
+                )
             for batch in tqdm(epoch_batches, disable=not self.cfg.progress or self.rank > 0):
                 loss, _ = self.model.loss(batch, self.net(batch))
                 self.optimizer.zero_grad(set_to_none=True)

@@ -39,5 +39,6 @@ def test_ddp_with_two_processes_matches_single_process(tmp_path: Path) -> None:
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     ddp = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert ddp["world_size"] == 2 and ddp["version"] == "1"
-    for metric in ("val_auc_ctr", "val_auc_ctcvr"):
-        assert abs(ddp["metrics"][metric] - single["metrics"][metric]) < 0.03, (metric, ddp, single)
+    # The synthetic clicks carry signal (category, CTR feature); its conversions are noise, so CTR AUC is compared.
+    assert single["metrics"]["val_auc_ctr"] > 0.53, single
+    assert abs(ddp["metrics"]["val_auc_ctr"] - single["metrics"]["val_auc_ctr"]) < 0.02, (ddp, single)

@@ -37,7 +37,7 @@ def synthetic_frame(n: int = 3000, seed: int = 0) -> pd.DataFrame:
     for column in RATES:
         frame[column] = rng.random(n)
     frame.loc[rng.random(n) < 0.1, "view_count"] = np.nan  # cold rows without activity features
-    score = (frame["category"] == "pets") * 1.5 + frame["ctr_smoothed_7d"] - 2
+    score = (frame["category"] == "pets") * 2.5 + 2 * frame["ctr_smoothed_7d"] - 2.5
     frame["click"] = (rng.random(n) < 1 / (1 + np.exp(-score))).astype(np.int8)
     frame["conversion"] = (frame["click"] * (rng.random(n) < 0.3)).astype(np.int8)
     return frame.sort_values("event_time").reset_index(drop=True)
