@@ -15,26 +15,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _proc import timed
 
 BIN = Path(sys.executable).parent
 CASES = {
     "30x1M": ["--days", "30", "--users", "100000", "--impressions-per-day", "1000000"],
     "30x10M": ["--days", "30", "--users", "1000000", "--impressions-per-day", "10000000"],
 }
-
-
-def timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(proc.stderr.read().decode()[-3000:])
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def main() -> None:

@@ -18,6 +18,13 @@ from pipelines.models.base import (
 from pipelines.models.layers import MLP, Tower
 
 
+def ctr_and_clicked_cvr_loss(batch, out):
+    """CTR on every impression, CVR on clicked impressions only (the baselines' biased sample space)."""
+    l_ctr = ctr_loss(out, batch["click"])
+    l_cvr = clicked_cvr_loss(out, batch["click"], batch["conversion"])
+    return l_ctr + l_cvr, {"loss_ctr": l_ctr.detach(), "loss_cvr": l_cvr.detach()}
+
+
 class BaseConfig(ModelConfig):
     pass
 
@@ -41,9 +48,7 @@ class BaseCTRCVR(RankingModel):
         return ctr_cvr_outputs(self.ctr_tower(self.ctr_encoder(batch), pc), self.cvr_tower(self.cvr_encoder(batch), pc))
 
     def loss(self, batch, out):
-        l_ctr = ctr_loss(out, batch["click"])
-        l_cvr = clicked_cvr_loss(out, batch["click"], batch["conversion"])
-        return l_ctr + l_cvr, {"loss_ctr": l_ctr.detach(), "loss_cvr": l_cvr.detach()}
+        return ctr_and_clicked_cvr_loss(batch, out)
 
 
 class SharedBottomConfig(ModelConfig):
@@ -69,6 +74,4 @@ class SharedBottom(RankingModel):
         return ctr_cvr_outputs(self.ctr_tower(h), self.cvr_tower(h))
 
     def loss(self, batch, out):
-        l_ctr = ctr_loss(out, batch["click"])
-        l_cvr = clicked_cvr_loss(out, batch["click"], batch["conversion"])
-        return l_ctr + l_cvr, {"loss_ctr": l_ctr.detach(), "loss_cvr": l_cvr.detach()}
+        return ctr_and_clicked_cvr_loss(batch, out)
