@@ -50,10 +50,11 @@ class MeluEncoder:
         return [len(self.vocab[c]) for c in USER_FIELDS + ITEM_FIELDS]
 
     def transform(self, rows: pd.DataFrame) -> dict:
+        rows = rows.reset_index(drop=True)
         sparse = np.stack(
             [rows[c].astype(str).map(self.vocab[c]).fillna(0).to_numpy(np.int64) for c in USER_FIELDS + ITEM_FIELDS], 1
         )
-        genres = np.stack(rows["content_vector"].to_numpy()).astype(np.float32)
+        genres = np.stack([np.asarray(v, dtype=np.float32) for v in rows["content_vector"]])
         out = {"sparse": torch.from_numpy(sparse), "multi_hot": [torch.from_numpy(genres)]}
         if "rating" in rows:
             out["rating"] = torch.from_numpy(rows["rating"].to_numpy(np.float32))
@@ -123,7 +124,11 @@ def train_melu(
                   for name, scenario_tasks in tasks.items()}  # fmt: skip
         for name, score in scores.items():
             mlflow.log_metrics({f"{name}_mae": score["mae"], f"{name}_rmse": score["rmse"]})
-        version = _register(model, cfg, encoder)
+        first = rows[rows["scenario"] == "new_user"]
+        first = first[first["user_id"] == first["user_id"].iloc[0]]
+        example = first.assign(role=np.where(first["role"] == "support", "support", "candidate"))
+        version = _register(model, cfg, encoder, example[[*USER_FIELDS, *ITEM_FIELDS, "item_id", "content_vector",
+                                                           "rating", "role"]].reset_index(drop=True))  # fmt: skip
     return {"run_id": run.info.run_id, "registered_model": REGISTERED, "version": version, "scores": scores}
 
 
@@ -143,7 +148,18 @@ class MeluModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"item_id": candidates["item_id"].to_numpy(), "rating": ratings.numpy()})
 
 
-def _register(model: MeLU, cfg: MeLUConfig, encoder: MeluEncoder) -> str:
+def _register(model: MeLU, cfg: MeLUConfig, encoder: MeluEncoder, example: pd.DataFrame) -> str:
+    from mlflow.models import infer_signature
+
+    from pipelines.training.registry import plain_lists
+
+    example = plain_lists(example)
+    candidates = example[example["role"] == "candidate"]
+    support = example[example["role"] == "support"]
+    output = pd.DataFrame(
+        {"item_id": candidates["item_id"].to_numpy(),
+         "rating": model.predict(encoder.transform(support), encoder.transform(candidates)).numpy()}
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         torch.save(model.state_dict(), folder / "weights.pt")
@@ -158,6 +174,8 @@ def _register(model: MeLU, cfg: MeLUConfig, encoder: MeluEncoder) -> str:
             name="model",
             python_model=MeluModel(),
             artifacts={"weights": str(folder / "weights.pt"), "meta": str(folder / "meta.json")},
+            input_example=example,
+            signature=infer_signature(example, output),
             registered_model_name=REGISTERED,
         )
     version = str(info.registered_model_version)

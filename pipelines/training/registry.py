@@ -47,7 +47,7 @@ def log_and_register(
     """Log the model in the active run, register a new version and point the alias ``candidate`` at it."""
     from mlflow.models import infer_signature
 
-    example = _plain_lists(example)
+    example = plain_lists(example)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         torch.save(model.state_dict(), folder / "weights.pt")
@@ -72,7 +72,7 @@ def log_and_register(
     return version
 
 
-def _plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
+def plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
     """Array cells as plain Python lists of float / int, so the example survives MLflow's JSON round trip."""
     frame = frame.copy()
     for column in frame.columns:
