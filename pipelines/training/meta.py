@@ -118,7 +118,7 @@ def train_melu(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             mlflow.log_metric("meta_loss", float(np.mean(losses)), step=epoch + 1)
         scores = {name: evaluate(model, scenario_tasks[:max_tasks] if max_tasks else scenario_tasks)
                   for name, scenario_tasks in tasks.items()}  # fmt: skip
