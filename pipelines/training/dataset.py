@@ -37,6 +37,13 @@ MISSING_FLAGS = {"user_activity": "view_count", "item_stats": "exposures_7d", "a
 LABELS = ["click", "conversion"]
 
 
+def _key(value) -> str:
+    """Vocabulary key of a categorical value: 3, 3.0 and "3" are the same id (ids arrive as floats with NaNs)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
+    return str(value.item() if isinstance(value, np.generic) else value)
+
+
 @dataclass
 class FeatureEncoder:
     """Vocabularies and scalers fitted on the training frame."""
@@ -52,7 +59,7 @@ class FeatureEncoder:
     def fit(cls, frame: pd.DataFrame, seq_len: int = 20) -> FeatureEncoder:
         enc = cls(seq_len=seq_len)
         for column in SPARSE:
-            values = frame[column].dropna().astype(str).unique() if column in frame else []
+            values = {_key(v) for v in frame[column].dropna()} if column in frame else set()
             enc.vocab[column] = {v: i + 1 for i, v in enumerate(sorted(values))}
         vectors = frame["content_vector"].dropna() if "content_vector" in frame else pd.Series([], dtype=object)
         enc.content_dim = len(vectors.iloc[0]) if len(vectors) else 0
@@ -85,7 +92,7 @@ class FeatureEncoder:
 
     def _index(self, column: str, values: pd.Series) -> np.ndarray:
         vocab = self.vocab[column]
-        return np.array([vocab.get(str(v), 0) if v is not None and v == v else 0 for v in values], dtype=np.int64)
+        return np.array([vocab.get(_key(v), 0) if v is not None and v == v else 0 for v in values], dtype=np.int64)
 
     def transform(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Tensors for the models; columns absent from ``frame`` are treated as missing."""
@@ -106,7 +113,7 @@ class FeatureEncoder:
             items = self.vocab["item_id"]
             for row, history in enumerate(frame["recent_item_ids"]):
                 if isinstance(history, np.ndarray | list):
-                    ids = [items.get(str(i), 0) for i in list(history)[: self.seq_len]]
+                    ids = [items.get(_key(i), 0) for i in list(history)[: self.seq_len]]
                     seq[row, : len(ids)] = ids
         user_type = np.where(is_new > 0, 0, np.where(views < 50, 1, 2))
         out = {

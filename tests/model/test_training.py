@@ -94,6 +94,14 @@ def test_unknown_users_and_items_take_the_default_embedding(tensors) -> None:
     assert torch.isfinite(scores).all() and len(torch.argsort(scores, descending=True)) == 5
 
 
+def test_ids_as_floats_or_strings_map_to_the_same_index(tensors) -> None:
+    encoder, _ = tensors
+    frame = synthetic_frame(3, seed=3)
+    as_float = frame.assign(user_id=frame["user_id"].astype(float), item_id=frame["item_id"].astype(str))
+    assert torch.equal(encoder.transform(frame)["sparse"], encoder.transform(as_float)["sparse"])
+    assert (encoder.transform(frame)["sparse"][:, 0] > 0).all()
+
+
 def test_an_illegal_conversion_without_click_is_zeroed(tensors) -> None:
     encoder, _ = tensors
     frame = synthetic_frame(10, seed=2)
