@@ -13,11 +13,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _proc import run
 
 COLDSTART = str(Path(sys.executable).parent / "coldstart")
 CASES = {
@@ -31,20 +31,14 @@ CASES = {
 def run_once(args: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="simbench-") as home:
         env = {**os.environ, "COLDSTART_HOME": home}
-        start = time.perf_counter()
-        proc = subprocess.Popen([COLDSTART, "simulate", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        stdout = proc.stdout.read().decode()
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(proc.stderr.read().decode())
+        wall, peak_rss_mb, stdout = run([COLDSTART, "simulate", *args], env)
         impressions = next(int(line.split("│")[2].strip()) for line in stdout.splitlines() if "│ impressions " in line)
         size = sum(p.stat().st_size for p in Path(home).rglob("*.parquet"))
     return {
         "wall_s": wall,
         "impressions": impressions,
         "impressions_per_s": impressions / wall,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
         "bytes_on_disk": size,
     }
 

@@ -407,6 +407,11 @@ def _atomic_parquet(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]
         raise
 
 
+def sql_file_list(paths: Iterable[str | Path]) -> str:
+    """Partition files as a SQL list literal for ``read_parquet([...])`` (DuckDB)."""
+    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
+
+
 def write_file(path: Path, table: pa.Table) -> Path:
     """Write a non-partitioned artifact (e.g. a dataset split) atomically, keeping its own schema."""
     with _atomic_parquet(Path(path), table.schema) as writer:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.data.contract import MissingPartitionError, Store, day_bounds
+from pipelines.data.contract import MissingPartitionError, Store, day_bounds, sql_file_list
 from pipelines.experiments.stats import Moments
 
 
@@ -76,16 +76,15 @@ COLUMNS = sorted({c for m in METRICS for c in (m.numerator, m.denominator)})
 
 
 def _files(store: Store, table: str, layer: str, start: dt.date, end: dt.date) -> str:
+    """The partitions of [start, end] as a SQL list; event tables must have every day of the window."""
     days = [d for d in store.partitions(table, layer) if start <= d <= end]
-    if table != "assignments" and len(days) != (end - start).days + 1:
-        have = {d for d in days}
-        missing = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-        missing = [d for d in missing if d not in have]
-        raise MissingPartitionError(
-            f"{layer}/{table} of {store.dataset!r} lacks {len(missing)} day(s) of the window, first {missing[0]}"
-        )
-    paths = [str(store.partition_path(table, d, layer)) for d in days]
-    return "[" + ", ".join(f"'{p}'" for p in paths) + "]" if paths else "[]"
+    if table != "assignments":
+        window = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+        if missing := sorted(set(window) - set(days)):
+            raise MissingPartitionError(
+                f"{layer}/{table} of {store.dataset!r} lacks {len(missing)} day(s) of the window, first {missing[0]}"
+            )
+    return sql_file_list(store.partition_path(table, d, layer) for d in days)
 
 
 def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: ReadoutConfig) -> str:

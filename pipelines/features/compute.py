@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.data.contract import MissingPartitionError, Store, day_bounds, write_file
+from pipelines.data.contract import MissingPartitionError, Store, day_bounds, sql_file_list, write_file
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ def _clean_file(store: Store, table: str, day: dt.date) -> str:
     return str(path)
 
 
-def _files(paths: list[str]) -> str:
-    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
-
-
 def _write(con, sql: str, path: Path) -> int:
     table: pa.Table = con.sql(sql).to_arrow_table()
     write_file(path, table)
@@ -112,7 +108,9 @@ def compute_daily_aggregates(store: Store, layout: FeatureLayout, day: dt.date) 
     """Per-entity counts of one day's clean impressions, and the day's clicks (for sequences)."""
     con = _connect()
     impressions = _clean_file(store, "impressions", day)
-    items = _files(sorted({_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day}))
+    items = sql_file_list(
+        sorted({_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day})
+    )
     rows = {
         "agg_user_daily": _write(
             con,
@@ -154,10 +152,10 @@ def compute_feature_tables(
         raise MissingPartitionError(f"Daily aggregates {missing} for {day} are missing: compute them first")
     snapshot = day_bounds(day)[1]
     ts = f"TIMESTAMPTZ '{snapshot.isoformat()}'"
-    users = _files([_clean_file(store, "users", d) for d in store.partitions("users", "clean") if d <= day])
-    items = _files([_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day])
-    agg_user = _files(layout.glob("agg_user_daily", until=day))
-    agg_item = _files(layout.glob("agg_item_daily", until=day))
+    users = sql_file_list([_clean_file(store, "users", d) for d in store.partitions("users", "clean") if d <= day])
+    items = sql_file_list([_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day])
+    agg_user = sql_file_list(layout.glob("agg_user_daily", until=day))
+    agg_item = sql_file_list(layout.glob("agg_item_daily", until=day))
     recent = layout.glob("clicks_daily", until=day, since=day - dt.timedelta(days=cfg.recent_window_days - 1))
     d1, d7 = f"DATE '{day}'", f"DATE '{day - dt.timedelta(days=6)}'"
     d30 = f"DATE '{day - dt.timedelta(days=29)}'"
@@ -231,7 +229,7 @@ def compute_feature_tables(
             WITH ranked AS (
                 SELECT user_id, item_id, category, event_time,
                        row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC, item_id DESC) AS k
-                FROM read_parquet({_files(recent)}))
+                FROM read_parquet({sql_file_list(recent)}))
             SELECT user_id, {ts} AS event_timestamp,
                    list(item_id ORDER BY k) AS recent_item_ids, list(category ORDER BY k) AS recent_categories,
                    count(*)::INTEGER AS recent_clicks
