@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError as PydanticValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -35,9 +36,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.data.contract import ContractError, MissingPartitionError
     from pipelines.data.movielens import MovieLensMissingError
+    from pipelines.evaluation.api import EvaluationError
+    from pipelines.evaluation.slices import SliceError
     from pipelines.validation.validate import ValidationError
 
-    return SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError
+    return (SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError,
+            EvaluationError, SliceError, PydanticValidationError)  # fmt: skip
 
 
 def _clear_errors(func: F) -> F:
@@ -231,6 +235,54 @@ def train(
 
 @app.command()
 @_clear_errors
+def evaluate(
+    model: Annotated[list[str], typer.Option(help="Model(s) whose `candidate` to evaluate: esmm, ple, ..., melu.")],
+    dataset: Annotated[str, typer.Option()] = "sim",
+    start: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First held-out day (default: after training).")
+    ] = None,
+    end: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Last held-out day.")] = None,
+    slices: Annotated[str, typer.Option(help="JSON SliceConfig overrides, e.g. '{\"user_new_below\": 3}'.")] = "{}",
+    gate: Annotated[str, typer.Option(help="JSON GateConfig overrides (tolerances, floors, checks).")] = "{}",
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the intervals.")] = 200,
+    eval_days: Annotated[int, typer.Option(min=1)] = 1,
+    max_users: Annotated[int | None, typer.Option(min=1, help="MeLU: users per scenario.")] = None,
+) -> None:
+    """Evaluate candidates per cold-start slice against the champion; report to MLflow; apply the gate.
+
+    Exit code 1 when a gate blocks (reasons printed), 2 on a usage error.
+    """
+    from pipelines.evaluation.api import evaluate_for_run
+
+    _settings()
+    config = {"slices": json.loads(slices), "gate": json.loads(gate), "n_bootstrap": bootstrap,
+              "eval_days": eval_days, "max_users": max_users}  # fmt: skip
+    blocked = False
+    for name in model:
+        out = evaluate_for_run(name, dataset, start.date() if start else None, end.date() if end else None, config)
+        rows = {k: v for k, v in out.items() if k != "reasons"}
+        rows["gate"] = "passed" if out["passed"] else "BLOCKED: " + "; ".join(out["reasons"])
+        _print_summary(f"Evaluated {name}", rows)
+        blocked |= not out["passed"]
+    if blocked:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@_clear_errors
+def champion(
+    model: Annotated[str, typer.Argument(help="esmm, ple, ..., melu.")],
+    version: Annotated[str | None, typer.Argument(help="Version to crown (default: the `approved` one).")] = None,
+) -> None:
+    """Point the `champion` alias (what the next gate compares against) at a version."""
+    from pipelines.evaluation.api import set_champion
+
+    settings = _settings()
+    _print_summary(f"Champion of {model}", set_champion(settings, model, version))
+
+
+@app.command()
+@_clear_errors
 def ab(
     start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day of the window.")],
@@ -389,9 +441,16 @@ def demo(
     ab(start=dt.datetime.combine(days[0], dt.time()), end=dt.datetime.combine(days[-1], dt.time()),
        experiment_id="exp_new_item_boost", dataset="sim", high_exposure_threshold=100, exposure_target=60,
        hot_clicks=30, treatment_share=0.5, layer="clean")  # fmt: skip
+    # The last day is held out for evaluation: train on the days before it.
     train(model=["esmm", "ple", "melu"], start=dt.datetime.combine(days[1], dt.time()),
-          end=dt.datetime.combine(days[-1], dt.time()), dataset="sim", epochs=1, batch_size=1024, lr=1e-3,
+          end=dt.datetime.combine(days[-2], dt.time()), dataset="sim", epochs=2, batch_size=1024, lr=3e-3,
           poso=False, uie=True, config="{}")  # fmt: skip
+    from pipelines.evaluation.api import evaluate_for_run
+
+    for name in ("esmm", "ple", "melu"):
+        out = evaluate_for_run(name, "sim", None, None, {"n_bootstrap": 100, "max_users": 300})
+        gate = "passed" if out["passed"] else "BLOCKED: " + "; ".join(out["reasons"])
+        _print_summary(f"Evaluated {name}", {"version": out["version"], "gate": gate, "report": out["report"]})
     info(as_json=False)
 
 

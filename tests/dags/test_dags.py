@@ -165,7 +165,7 @@ def test_airflow_dags_test_coldstart_ab_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_train_models(tmp_path: Path) -> None:
+def test_airflow_dags_test_train_models_then_evaluate_models(tmp_path: Path) -> None:
     import mlflow
 
     from pipelines.features.store import get_store, materialize_day, plan_and_apply
@@ -175,14 +175,30 @@ def test_airflow_dags_test_train_models(tmp_path: Path) -> None:
     platform = build_platform(tmp_path / "coldstart")
     plan_and_apply(platform.settings)
     store = get_store(platform.settings)
-    for day in platform.days[:2]:
+    for day in platform.days[:3]:
         materialize_day(store, platform.layout, day)
     conf = {"date": "2026-01-02", "window_days": 2, "models": ["esmm"], "epochs": 1, "batch_size": 2048}
     out, states = dags_test(platform.settings.home, "train_models", "2026-01-02", "--conf", json.dumps(conf))
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert states == {"chosen": "success", "train": "success"}
     mlflow.set_tracking_uri(platform.settings.mlflow_tracking_uri)
-    version = mlflow.MlflowClient().get_model_version_by_alias("coldstart_esmm", "candidate")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("coldstart_esmm", "candidate")
     run = mlflow.get_run(version.run_id)
     assert run.data.tags["lineage.feature_service"] == "esmm_v1"
     assert run.data.tags["lineage.end"] == "2026-01-02"
+
+    # The gate blocks (an impossible floor): `evaluate` succeeds and reports, `promotion_gate` fails and says why.
+    conf = {"models": ["esmm"], "n_bootstrap": 20, "floors": {"ctr:auc": 0.99}, "checks": ["ctr:auc"]}
+    out, states = dags_test(platform.settings.home, "evaluate_models", "2026-01-03", "--conf", json.dumps(conf))
+    assert states == {"chosen": "success", "evaluate": "success", "promotion_gate": "failed"}
+    assert "misses the floor 0.99" in out.stdout + out.stderr
+    assert client.get_model_version("coldstart_esmm", version.version).tags["gate"] == "blocked"
+    # A reachable floor: the gate passes, the version is approved for promotion, the report is on disk.
+    conf |= {"floors": {"ctr:auc": 0.0}}
+    out, states = dags_test(platform.settings.home, "evaluate_models", "2026-01-03", "--conf", json.dumps(conf))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"chosen": "success", "evaluate": "success", "promotion_gate": "success"}
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == str(version.version)
+    report = platform.settings.home / "reports" / "evaluation" / "sim" / "esmm" / f"v{version.version}"
+    assert json.loads((report / "evaluation.json").read_text())["window"]["start"] == "2026-01-03"

@@ -1,0 +1,121 @@
+"""
+### evaluate_models
+
+Runs when `train_models` emits the `coldstart_candidate_models` Asset (or by hand). For each model it scores the
+registered `candidate`, and the current `champion` when there is one, on held-out data: rankers on the clean
+days right after their training window (point-in-time features from Feast), MeLU on MovieLens-1M's four
+scenarios. Metrics per cold-start slice (new/warm user × new/warm item, exposure buckets, custom expressions)
+with bootstrap intervals, and the gap to the simulator's true probabilities, go into an HTML + JSON report
+logged to an MLflow run in `coldstart_evaluation`.
+
+`promotion_gate` then applies the gate: overall and every cold slice must not regress beyond tolerance against the
+champion (absolute floors when there is none). A pass tags the version `gate=passed`, points the alias
+`approved` at it and emits the `coldstart_approved_models` Asset that `promote_bento` is scheduled on; a block
+fails the `promotion_gate` task (no retries) with the reasons in its log, and tags the version `gate=blocked`.
+
+Params: `models`, `dataset`, `start` / `end` (default: the `eval_days` days after training), slice definitions,
+tolerances, floors and `checks` (null = the model's defaults), `n_bootstrap`. CLI twin: `coldstart evaluate`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+CANDIDATES = Asset("coldstart_candidate_models")
+APPROVED = Asset("coldstart_approved_models")
+CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
+
+
+def _config(params: dict) -> dict:
+    """EvaluationConfig from the trigger form (null = default)."""
+    slices = {
+        "user_new_by": params["user_new_by"],
+        "user_new_below": params["user_new_below"],
+        "item_new_by": params["item_new_by"],
+        "item_new_below": params["item_new_below"],
+        "exposure_edges": params["exposure_edges"],
+        "custom": params["custom_slices"],
+    }
+    gate_keys = ("overall_tolerance", "cold_tolerance", "floors", "checks", "min_count")
+    return {
+        "slices": slices,
+        "gate": {k: params[k] for k in gate_keys if params.get(k) is not None},
+        "n_bootstrap": params["n_bootstrap"],
+        "eval_days": params["eval_days"],
+        "max_users": params["max_users"],
+    }
+
+
+@dag(
+    dag_id="evaluate_models",
+    schedule=[CANDIDATES],
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["coldstart", "evaluation", "gate", "mlflow"],
+    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    params={
+        "models": Param(["esmm", "ple"], type="array", items={"type": "string", "enum": CHOICES},
+                        description="Models whose candidate to evaluate (default: those the triggering run trained)."),
+        "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$"),
+        "start": Param(None, type=["null", "string"], format="date", description="First held-out day."),
+        "end": Param(None, type=["null", "string"], format="date", description="Last held-out day."),
+        "eval_days": Param(1, type="integer", minimum=1, description="Held-out days after training, if no window."),
+        "user_new_by": Param("days_since_signup", enum=["days_since_signup", "interactions"]),
+        "user_new_below": Param(7, type="number", exclusiveMinimum=0, description="A user is new below this."),
+        "item_new_by": Param("age_hours", enum=["age_hours", "exposures"]),
+        "item_new_below": Param(48, type="number", exclusiveMinimum=0, description="An item is new below this."),
+        "exposure_edges": Param([100], type="array", items={"type": "number", "exclusiveMinimum": 0}, minItems=1,
+                                description="Cuts of item exposures into buckets (one cut: low / high)."),
+        "custom_slices": Param({"sparse_user": "user_interactions < 20"}, type="object",
+                               description="name -> boolean pandas expression over the evaluation frame."),
+        "overall_tolerance": Param(None, type=["null", "number"], minimum=0, description="Null: model default."),
+        "cold_tolerance": Param(None, type=["null", "number"], minimum=0, description="Null: model default."),
+        "floors": Param(None, type=["null", "object"], description='e.g. {"ctr:auc": 0.55}; used with no champion.'),
+        "checks": Param(None, type=["null", "array"], items={"type": "string"}, description='e.g. ["ctr:auc"].'),
+        "min_count": Param(None, type=["null", "integer"], minimum=1, description="Smaller cold slices are skipped."),
+        "n_bootstrap": Param(200, type="integer", minimum=0, description="Bootstrap resamples for the intervals."),
+        "max_users": Param(None, type=["null", "integer"], minimum=1, description="MeLU: users per scenario."),
+    },  # fmt: skip
+    doc_md=__doc__,
+)
+def evaluate_models() -> None:
+    @task
+    def chosen() -> list[str]:
+        """The models of the triggering training run, else the `models` Param."""
+        context = get_current_context()
+        events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
+        models = sorted({(e.extra or {}).get("model") for e in events} - {None})
+        return models or list(context["params"]["models"])
+
+    @task(max_active_tis_per_dag=1)
+    def evaluate(model: str) -> dict:
+        """Score candidate and champion per slice, write the report, log the MLflow run, record the gate."""
+        from pipelines.evaluation.api import evaluate_for_run
+
+        p = get_current_context()["params"]
+        start = dt.date.fromisoformat(p["start"]) if p["start"] else None
+        end = dt.date.fromisoformat(p["end"]) if p["end"] else None
+        return evaluate_for_run(model, p["dataset"], start, end, _config(p))
+
+    @task(outlets=[APPROVED], retries=0)
+    def promotion_gate(outcome: dict) -> dict:
+        """Fail (by design, no retry) when the gate blocked the candidate; else announce it for promotion."""
+        from airflow.exceptions import AirflowFailException
+
+        if not outcome["passed"]:
+            reasons = "\n  - ".join(outcome["reasons"])
+            raise AirflowFailException(
+                f"gate blocked {outcome['model']} v{outcome['version']} (champion v{outcome['champion_version']}):"
+                f"\n  - {reasons}\nreport: {outcome['report']}"
+            )
+        extra = {"model": outcome["model"], "version": str(outcome["version"]), "run_id": outcome["run_id"]}
+        get_current_context()["outlet_events"][APPROVED].extra = extra
+        return outcome
+
+    promotion_gate.expand(outcome=evaluate.expand(model=chosen()))
+
+
+evaluate_models()

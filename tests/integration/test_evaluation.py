@@ -1,0 +1,110 @@
+"""Held-out evaluation through the real Feast store and MLflow registry: report, gate, aliases and tags."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from pipelines.evaluation.api import EvaluationConfig, EvaluationError, evaluate_ranker, set_champion
+from pipelines.training.api import train_for_run
+from pipelines.training.registry import build_ranker, log_and_register
+
+QUICK = {"n_bootstrap": 30}
+
+
+@pytest.fixture(scope="module")
+def trained(platform, feast_store, monkeypatch_module) -> str:
+    """ESMM trained on the first three days (the fourth is held out); returns its version."""
+    monkeypatch_module.setenv("COLDSTART_HOME", str(platform.settings.home))
+    result = train_for_run("esmm", "sim", platform.days[0], platform.days[2], {},
+                           {"epochs": 3, "batch_size": 512, "lr": 3e-3})  # fmt: skip
+    return result["version"]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def register_copy(version: str, degrade: bool) -> str:
+    """A new version of coldstart_esmm with the weights of ``version`` (re-initialized if ``degrade``)."""
+    client = mlflow.MlflowClient()
+    loaded = mlflow.pyfunc.load_model(f"models:/coldstart_esmm/{version}")
+    source = loaded.unwrap_python_model()
+    net = source.model
+    if degrade:
+        torch.manual_seed(123)
+        net = build_ranker("esmm", source.encoder, net.cfg.model_dump())
+    tags = client.get_run(client.get_model_version("coldstart_esmm", version).run_id).data.tags
+    mlflow.set_experiment("coldstart_training")
+    with mlflow.start_run(run_name="copy"):
+        mlflow.set_tags({k: v for k, v in tags.items() if k.startswith("lineage.")})
+        return log_and_register(net, "esmm", net.cfg.model_dump(), source.encoder, loaded.input_example,
+                                "coldstart_esmm")  # fmt: skip
+
+
+def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, trained) -> None:
+    settings = platform.settings
+    result = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    assert result["window"] == {"start": "2026-01-04", "end": "2026-01-04", "train_end": "2026-01-03"}
+    assert result["champion"] is None and result["has_truth"]
+    assert result["gate"]["passed"], result["gate"]["reasons"]
+    assert all("floor" in c for c in result["gate"]["checks"] if c["slice"] == "overall")
+    overall = result["slices"]["overall"]["tasks"]
+    assert overall["ctr"]["count"] == result["rows"] and overall["cvr"]["count"] == overall["ctr"]["positives"]
+    assert 0 < overall["ctr"]["oracle"]["oracle_auc"] <= 1 and "entire_space_auc_candidate" in overall["cvr"]["oracle"]
+    # The report holds every slice, in the JSON and in the HTML, and both are in the MLflow run.
+    html = Path(result["report"]["html"]).read_text()
+    saved = json.loads(Path(result["report"]["json"]).read_text())
+    expected = ["overall", "user=new", "user=warm", "item=new", "item=warm", "user=new&item=new", "user=new&item=warm",
+                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high"]  # fmt: skip
+    assert list(saved["slices"]) == expected
+    for name in expected:
+        assert f"<td>{name.replace('&', '&amp;')}</td>" in html
+    assert html.count("data:image/png;base64,") >= 2 and "http" not in html.replace("http-equiv", "")
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"evaluation.json", "report.html", "gate.json"} <= artifacts
+    assert client.get_run(result["run_id"]).data.tags["gate.passed"] == "true"
+    version = client.get_model_version("coldstart_esmm", trained)
+    assert version.tags["gate"] == "passed"
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == trained
+
+
+def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trained) -> None:
+    settings = platform.settings
+    assert set_champion(settings, "esmm", trained)["champion"] == trained
+    degraded = register_copy(trained, degrade=True)
+    blocked = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    assert blocked["candidate"]["version"] == degraded and blocked["champion"]["version"] == trained
+    assert not blocked["gate"]["passed"]
+    assert any(r.startswith("ctr:auc on overall") for r in blocked["gate"]["reasons"])
+    client = mlflow.MlflowClient()
+    assert client.get_model_version("coldstart_esmm", degraded).tags["gate"] == "blocked"
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == trained  # unchanged
+    assert client.get_run(blocked["run_id"]).data.tags["gate.passed"] == "false"
+
+    equal = register_copy(trained, degrade=False)
+    passed = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    assert passed["candidate"]["version"] == equal and passed["gate"]["passed"], passed["gate"]["reasons"]
+    delta = passed["slices"]["overall"]["tasks"]["ctr"]["delta"]["auc"]
+    assert delta["value"] == pytest.approx(0, abs=1e-9)
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == equal
+
+
+def test_windows_must_be_held_out_and_present(platform, trained) -> None:
+    settings = platform.settings
+    with pytest.raises(EvaluationError, match="overlaps the training window"):
+        evaluate_ranker(
+            settings, "esmm", start=platform.days[2], end=platform.days[3], config=EvaluationConfig(**QUICK)
+        )
+    with pytest.raises(EvaluationError, match="no clean impressions for 2026-01-09"):
+        evaluate_ranker(settings, "esmm", start=dt.date(2026, 1, 9), config=EvaluationConfig(**QUICK))
+    with pytest.raises(EvaluationError, match="no version with alias 'candidate'"):
+        evaluate_ranker(settings, "ple", config=EvaluationConfig(**QUICK))
