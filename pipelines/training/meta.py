@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,41 @@ def evaluate(model: MeLU, tasks: list[Task]) -> dict[str, float]:
     return {"mae": float(np.abs(e).mean()), "rmse": float(np.sqrt((e**2).mean())), "tasks": len(tasks)}
 
 
+def fit_melu(
+    model: MeLU, train: list[Task], epochs: int, seed: int, on_epoch: Callable[[int, float], None] | None = None
+) -> list[float]:
+    """Meta-train ``model`` in place: Adam at ``cfg.meta_lr`` over shuffled batches of ``cfg.tasks_per_batch`` tasks.
+
+    Args:
+        model: a MeLU whose config gives the batch size, the local update and the global learning rate.
+        train: the tasks to meta-train on (MeLU: the warm scenario).
+        epochs: passes over ``train``.
+        seed: seeds the task order (the model's initialization is the caller's).
+        on_epoch: called with (epoch from 1, mean meta loss of the epoch), e.g. to log to MLflow.
+
+    Returns:
+        The mean meta loss of each epoch.
+    """
+    cfg = model.cfg
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        losses = []
+        for start in range(0, len(order), cfg.tasks_per_batch):
+            batch = [train[i] for i in order[start : start + cfg.tasks_per_batch]]
+            loss = model.meta_loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        history.append(float(np.mean(losses)))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history[-1])
+    return history
+
+
 def train_melu(
     settings: Settings, cfg: MeLUConfig, epochs: int = 20, seed: int = 7, max_tasks: int | None = None
 ) -> dict:
@@ -99,27 +135,15 @@ def train_melu(
     tasks = tasks_of(rows, encoder)
     train = tasks["warm"][:max_tasks] if max_tasks else tasks["warm"]
     model = MeLU(encoder.cardinalities(), [rows["content_vector"].iloc[0].shape[0]], cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
         settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
     mlflow.set_experiment(MLFLOW_EXPERIMENT)
-    generator = torch.Generator().manual_seed(seed)
     with mlflow.start_run(run_name=f"melu-{cfg.local_steps}") as run:
         mlflow.log_params({"model": "melu", "epochs": epochs, **cfg.model_dump()})
         mlflow.set_tags({"lineage.dataset": DATASET, "lineage.split": "melu"})
-        for epoch in range(epochs):
-            order = torch.randperm(len(train), generator=generator).tolist()
-            losses = []
-            for start in range(0, len(order), cfg.tasks_per_batch):
-                batch = [train[i] for i in order[start : start + cfg.tasks_per_batch]]
-                loss = model.meta_loss(batch)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            mlflow.log_metric("meta_loss", float(np.mean(losses)), step=epoch + 1)
+        fit_melu(model, train, epochs, seed, on_epoch=lambda e, loss: mlflow.log_metric("meta_loss", loss, step=e))
         scores = {name: evaluate(model, scenario_tasks[:max_tasks] if max_tasks else scenario_tasks)
                   for name, scenario_tasks in tasks.items()}  # fmt: skip
         for name, score in scores.items():

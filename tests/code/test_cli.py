@@ -20,7 +20,18 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_stages() -> None:
     out = run("--help")
     assert out.returncode == 0
-    for command in ("simulate", "ingest", "doctor", "info", "demo"):
+    for command in (
+        "simulate",
+        "ingest",
+        "validate",
+        "features",
+        "train",
+        "evaluate",
+        "champion",
+        "ab",
+        "doctor",
+        "demo",
+    ):
         assert command in out.stdout
 
 
@@ -64,3 +75,12 @@ def test_info_reports_partitions(_isolated_home: Path) -> None:
     out = run("info", "--json")
     assert out.returncode == 0
     assert '"raw/impressions": "2026-01-01..2026-01-02 (2)"' in out.stdout.replace("\n", "").replace("  ", "")
+
+
+def test_evaluate_without_a_candidate_or_with_a_bad_slice_is_a_clear_error(_isolated_home: Path) -> None:
+    out = run("evaluate", "--model", "esmm")
+    assert out.returncode == 2 and "no version with alias 'candidate'" in out.stderr, out.stderr
+    out = run("evaluate", "--model", "esmm", "--slices", '{"exposure_edges": [100, 10]}')
+    assert out.returncode == 2 and "exposure_edges must be positive and strictly increasing" in out.stderr, out.stderr
+    out = run("champion", "esmm")
+    assert out.returncode == 2 and "no `approved` version" in out.stderr, out.stderr
