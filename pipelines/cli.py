@@ -38,10 +38,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.data.movielens import MovieLensMissingError
     from pipelines.evaluation.api import EvaluationError
     from pipelines.evaluation.slices import SliceError
+    from pipelines.serving.promote import PromotionError
     from pipelines.validation.validate import ValidationError
 
     return (SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError,
-            EvaluationError, SliceError, PydanticValidationError)  # fmt: skip
+            EvaluationError, SliceError, PydanticValidationError, PromotionError)  # fmt: skip
 
 
 def _clear_errors(func: F) -> F:
@@ -279,6 +280,52 @@ def champion(
 
     settings = _settings()
     _print_summary(f"Champion of {model}", set_champion(settings, model, version))
+
+
+@app.command()
+@_clear_errors
+def promote(
+    model: Annotated[str, typer.Argument(help="esmm, ple, ..., melu.")],
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the `approved` one).")] = None,
+) -> None:
+    """Import an approved version into BentoML, build, serve and smoke-test it; then alias it `staging`."""
+    from pipelines.serving.promote import promote as promote_model
+
+    record = promote_model(_settings(), model, version)
+    _print_summary(f"Promoted {model} to staging", {k: v for k, v in record.items() if k != "history"})
+
+
+@app.command()
+@_clear_errors
+def rollback(model: Annotated[str, typer.Argument(help="esmm, ple, ..., melu.")]) -> None:
+    """Put the previous staging version of a model back (aliases `staging` and `champion`)."""
+    from pipelines.serving.promote import rollback as rollback_model
+
+    record = rollback_model(_settings(), model)
+    _print_summary(f"Rolled {model} back", {k: v for k, v in record.items() if k != "history"})
+
+
+@app.command()
+@_clear_errors
+def serve(
+    model: Annotated[str, typer.Argument(help="esmm, ple, ..., melu: serves its staging bento.")],
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 3000,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Serve the staging bento of a model on 127.0.0.1 (foreground; token from COLDSTART_API_TOKEN)."""
+    import os
+    import subprocess
+
+    from pipelines.serving.bento import bentoml_environ
+    from pipelines.serving.promote import PromotionError, staging_record
+
+    settings = _settings()
+    record = staging_record(settings, model)
+    if record is None:
+        raise PromotionError(f"{model} has no staging bento: promote a version first (coldstart promote {model})")
+    args = ["bentoml", "serve", record["bento"], "--host", "127.0.0.1", "--port", str(port), "--api-workers",
+            str(workers)]  # fmt: skip
+    raise typer.Exit(subprocess.run(args, env={**os.environ, **bentoml_environ(settings)}).returncode)
 
 
 @app.command()

@@ -1,0 +1,68 @@
+"""Ranker service: candidates for a user, ranked by the promoted multi-task model with cold-start policies.
+
+``POST /rank`` with ``user_id`` and ``candidates`` (item ids, 1-1000); features come from the Feast online store
+of this profile, and any given in the request (``user_features``, ``item_features``) take precedence. The
+answer lists the items best first with the fused score, pCTR, pCVR, pCTCVR and the policies that touched each
+(``default_item_embedding`` / ``new_item_embedding``, ``boost``, ``guaranteed_exposure``); ``new_user`` says
+whether the user took the new-user path. Unknown users and items are never an error. Bad input is a 400 with
+the reason; with ``COLDSTART_API_TOKEN`` set, a request without ``Authorization: Bearer <token>`` is a 401.
+Health: ``/livez``, ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import bentoml
+from pydantic import Field
+
+from pipelines.serving.auth import TokenMiddleware
+
+MODEL_TAG = os.environ.get("COLDSTART_BENTO_MODEL", "coldstart_esmm:latest")
+
+
+@bentoml.service(name="coldstart_ranker", traffic={"timeout": 10}, workers=1)
+class Ranker:
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        import json
+
+        import mlflow
+        import pandas as pd
+        import torch
+
+        from pipelines.serving.policies import PolicyConfig
+        from pipelines.serving.ranker import RankerCore
+        from pipelines.settings import get_settings
+
+        torch.set_num_threads(int(os.environ.get("COLDSTART_TORCH_THREADS", "1")))
+        root = Path(self.bento_model.path)
+        wrapper = mlflow.pyfunc.load_model(str(root / "mlflow")).unwrap_python_model()
+        items = pd.read_parquet(root / "items.parquet") if (root / "items.parquet").is_file() else None
+        features = None
+        if os.environ.get("COLDSTART_RANKER_FEATURES", "feast") == "feast":
+            from pipelines.serving.features import FeastFeatures
+
+            features = FeastFeatures(get_settings())
+        config = PolicyConfig(**json.loads(os.environ.get("COLDSTART_RANKER_POLICIES", "{}")))
+        version = self.bento_model.info.labels.get("mlflow_version", "?")
+        self.core = RankerCore(wrapper, features, items, config, version)
+
+    @bentoml.api
+    def rank(
+        self,
+        user_id: int,
+        candidates: list[int] = Field(min_length=1, max_length=1000),  # noqa: B008
+        user_features: dict | None = None,
+        item_features: dict[int, dict] | None = None,
+        now: dt.datetime | None = None,
+        k: int | None = Field(None, ge=1, le=1000),
+    ) -> dict:
+        """Rank ``candidates`` for ``user_id`` (top ``k``, default all)."""
+        return self.core.rank(user_id, candidates, user_features, item_features, now, k)
+
+
+Ranker.add_asgi_middleware(TokenMiddleware)

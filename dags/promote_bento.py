@@ -1,0 +1,71 @@
+"""
+### promote_bento
+
+Runs when `evaluate_models` emits the `coldstart_approved_models` Asset (a gate pass), or by hand. For each
+approved model: imports the version from the MLflow registry into the BentoML model store (with the side data
+its service needs), builds the bento offline (`bentoml build`), starts it with `bentoml serve` on 127.0.0.1,
+runs the smoke test (golden requests, cold users and items, bad input, a request without the API token), and
+only then points the MLflow aliases `staging` and `champion` at the version and records the bento tag
+(`COLDSTART_HOME/serving/<model>.json`). Any failure fails the task and leaves the previous staging in place.
+
+Params: `models` (default: those the triggering gate approved), `version` (default: the `approved` alias).
+CLI twins: `coldstart promote`, `coldstart rollback`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+APPROVED = Asset("coldstart_approved_models")
+STAGING = Asset("coldstart_staging_bentos")
+CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
+
+
+@dag(
+    dag_id="promote_bento",
+    schedule=[APPROVED],
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["coldstart", "serving", "bentoml", "staging"],
+    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    params={
+        "models": Param(
+            ["esmm"],
+            type="array",
+            items={"type": "string", "enum": CHOICES},
+            description="Models to promote (default: those the triggering gate approved).",
+        ),
+        "version": Param(None, type=["null", "string"], description="A version to promote (default: `approved`)."),
+    },
+    doc_md=__doc__,
+)
+def promote_bento() -> None:
+    @task
+    def chosen() -> list[str]:
+        """The models of the triggering gate passes, else the `models` Param."""
+        context = get_current_context()
+        events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
+        models = sorted({(e.extra or {}).get("model") for e in events} - {None})
+        return models or list(context["params"]["models"])
+
+    @task(outlets=[STAGING], max_active_tis_per_dag=1)
+    def promote(model: str) -> dict:
+        """Import, build, serve, smoke-test; then alias `staging` (the previous staging stays on any failure)."""
+        from pipelines.serving.promote import promote as promote_model
+        from pipelines.settings import get_settings
+
+        context = get_current_context()
+        settings = get_settings()
+        settings.ensure_home()
+        record = promote_model(settings, model, context["params"]["version"])
+        context["outlet_events"][STAGING].extra = {"model": model, "version": record["version"],
+                                                   "bento": record["bento"]}  # fmt: skip
+        return record
+
+    promote.expand(model=chosen())
+
+
+promote_bento()

@@ -1,0 +1,33 @@
+"""API-token check for the staging services (a plain ASGI middleware).
+
+With ``COLDSTART_API_TOKEN`` set in the service's environment, every request except the health probes must
+carry ``Authorization: Bearer <token>``; anything else gets a 401 JSON answer. Without it the check is off
+(local development).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+
+class TokenMiddleware:
+    def __init__(self, app, token: str | None = None) -> None:
+        self.app = app
+        self.token = token if token is not None else os.environ.get("COLDSTART_API_TOKEN", "")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.token or scope.get("path", "") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        if hmac.compare_digest(given, f"Bearer {self.token}"):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": "missing or wrong API token (Authorization: Bearer <token>)"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

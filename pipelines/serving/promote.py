@@ -1,0 +1,188 @@
+"""Promotion to staging: import → build → serve on 127.0.0.1 → smoke test → alias ``staging``; and rollback.
+
+Only a version the gate passed (tag ``gate=passed``) is promoted. Any failing step raises
+:class:`PromotionError` and leaves the previous staging as it was: the MLflow aliases ``staging`` and
+``champion``, and ``COLDSTART_HOME/serving/<model>.json`` (the staging record: version, bento tag, history),
+are only written after the smoke test passed. The staging version becomes the ``champion`` the next
+candidate's gate compares against. The smoke test runs golden requests, cold users and items and bad input
+against the real ``bentoml serve`` of the built bento.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+from pathlib import Path
+
+from pipelines.serving.bento import SERVICES, BentoError, build, import_model, serve, stop
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_ID = 10**12  # an id no dataset uses: exercises the cold paths
+
+
+class PromotionError(RuntimeError):
+    """A promotion step failed; the previous staging is untouched."""
+
+
+def registered_name(model: str) -> str:
+    return f"coldstart_{model}"
+
+
+def record_path(settings: Settings, model: str) -> Path:
+    return settings.home / "serving" / f"{model}.json"
+
+
+def staging_record(settings: Settings, model: str) -> dict | None:
+    path = record_path(settings, model)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _client(settings: Settings):
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def _approved(settings: Settings, model: str, version: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    client, name = _client(settings), registered_name(model)
+    try:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, "approved")
+    except MlflowException as exc:
+        raise PromotionError(f"{name}: no {'version ' + version if version else '`approved` version'} to promote "
+                             "(run the evaluation gate first)") from exc  # fmt: skip
+    if mv.tags.get("gate") != "passed":
+        raise PromotionError(f"{name} v{mv.version} has not passed the gate (gate={mv.tags.get('gate', 'not run')})")
+    return str(mv.version)
+
+
+def smoke_requests(model: str, settings: Settings) -> list[dict]:
+    """Golden requests for the service of ``model``: each with a path, a body and the expected status."""
+    if SERVICES[model] == "melu":
+        from pipelines.training.meta import load_rows
+
+        rows = load_rows(settings.data_dir)
+        user = rows[rows["scenario"] == "new_user"]
+        user = user[user["user_id"] == user["user_id"].iloc[0]]
+        rated = user[user["role"] == "support"]
+        support = [
+            {"item_id": int(i), "rating": float(r)} for i, r in zip(rated["item_id"], rated["rating"], strict=True)
+        ]
+        candidates = [int(i) for i in user[user["role"] == "query"]["item_id"]]
+        n_candidates = len(candidates)
+        return [
+            {"path": "/adapt", "body": {"support": support, "candidates": candidates}, "status": 200,
+             "check": lambda r: len(r["predictions"]) == n_candidates},
+            {"path": "/adapt", "body": {"support": [], "candidates": [*candidates[:3], UNKNOWN_ID]}, "status": 200,
+             "check": lambda r: r["unknown_items"] == [UNKNOWN_ID] and len(r["predictions"]) == 3},
+            {"path": "/evidence", "body": {"k": 5}, "status": 200, "check": lambda r: len(r["items"]) <= 5},
+            {"path": "/adapt", "body": {"support": [{"item_id": candidates[0], "rating": 9}], "candidates": [1]},
+             "status": 400},
+            {"path": "/adapt", "body": {"candidates": []}, "status": 400},
+        ]  # fmt: skip
+    from pipelines.data.contract import Store
+
+    data = Store(settings.data_dir, "sim")
+    impressions = data.read(
+        "impressions", data.partitions("impressions", layer="clean")[-1], layer="clean", columns=["user_id", "item_id"]
+    ).to_pandas()
+    user = int(impressions["user_id"].iloc[0])
+    items = [int(i) for i in impressions["item_id"].drop_duplicates().head(50)]
+    n_items = len(items)
+    return [
+        {"path": "/rank", "body": {"user_id": user, "candidates": items}, "status": 200,
+         "check": lambda r: len(r["items"]) == n_items and not r["new_user"]},
+        {"path": "/rank", "body": {"user_id": UNKNOWN_ID, "candidates": items[:10]}, "status": 200,
+         "check": lambda r: r["new_user"] and len(r["items"]) == 10},
+        {"path": "/rank", "body": {"user_id": user, "candidates": [UNKNOWN_ID, *items[:5]]}, "status": 200,
+         "check": lambda r: any(i["item_id"] == UNKNOWN_ID and "default_item_embedding" in i["policies"]
+                                for i in r["items"])},
+        {"path": "/rank", "body": {"user_id": user, "candidates": []}, "status": 400},
+        {"path": "/rank", "body": {"user_id": "not-a-number", "candidates": items[:3]}, "status": 400},
+    ]  # fmt: skip
+
+
+def smoke_test(url: str, token: str, requests: list[dict]) -> list[str]:
+    """Run the golden requests (plus an unauthenticated one); returns the failures (empty = passed)."""
+    import httpx
+
+    failures = []
+    headers = {"Authorization": f"Bearer {token}"}
+    first = requests[0]
+    unauthorized = httpx.post(url + first["path"], json=first["body"], timeout=30)
+    if unauthorized.status_code != 401:
+        failures.append(f"{first['path']} without a token answered {unauthorized.status_code}, expected 401")
+    for request in requests:
+        response = httpx.post(url + request["path"], json=request["body"], headers=headers, timeout=30)
+        if response.status_code != request["status"]:
+            failures.append(f"{request['path']} {json.dumps(request['body'])[:120]} answered {response.status_code} "
+                            f"(expected {request['status']}): {response.text[:300]}")  # fmt: skip
+        elif "check" in request and not request["check"](response.json()):
+            failures.append(f"{request['path']} {json.dumps(request['body'])[:120]}: unexpected answer "
+                            f"{response.text[:300]}")  # fmt: skip
+    return failures
+
+
+def promote(settings: Settings, model: str, version: str | None = None, smoke: list[dict] | None = None) -> dict:
+    """Promote ``version`` (default: the ``approved`` one) of ``model`` to staging; returns the staging record.
+
+    ``smoke`` replaces the golden requests (tests use it to make the smoke test fail on purpose).
+    """
+    version = _approved(settings, model, version)
+    client, name = _client(settings), registered_name(model)
+    try:
+        model_tag = import_model(settings, model, version)
+        bento = build(settings, SERVICES[model], model_tag)
+    except BentoError as exc:
+        raise PromotionError(str(exc)) from exc
+    token = secrets.token_urlsafe(16)
+    try:
+        process, url = serve(settings, bento, token=token)
+    except BentoError as exc:
+        raise PromotionError(str(exc)) from exc
+    try:
+        failures = smoke_test(url, token, smoke if smoke is not None else smoke_requests(model, settings))
+    finally:
+        stop(process)
+    if failures:
+        raise PromotionError(f"smoke test of {bento} failed; staging unchanged:\n  - " + "\n  - ".join(failures))
+    previous = staging_record(settings, model)
+    record = {
+        "model": model,
+        "registered_model": name,
+        "version": version,
+        "bento": bento,
+        "bento_model": model_tag,
+        "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "history": ([{k: previous[k] for k in ("version", "bento", "promoted_at")}] + previous["history"]
+                    if previous else []),
+    }  # fmt: skip
+    client.set_registered_model_alias(name, "staging", version)
+    client.set_registered_model_alias(name, "champion", version)
+    client.set_model_version_tag(name, version, "bento", bento)
+    path = record_path(settings, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    log.info("promoted %s v%s to staging as %s", name, version, bento)
+    return record
+
+
+def rollback(settings: Settings, model: str) -> dict:
+    """Put the previous staging version (and its bento) back; returns the new staging record."""
+    current = staging_record(settings, model)
+    if not current or not current["history"]:
+        raise PromotionError(f"{registered_name(model)}: no earlier staging version to roll back to")
+    previous, *older = current["history"]
+    client, name = _client(settings), registered_name(model)
+    client.set_registered_model_alias(name, "staging", previous["version"])
+    client.set_registered_model_alias(name, "champion", previous["version"])
+    record = {**current, **previous, "history": older, "rolled_back_from": current["version"],
+              "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    record_path(settings, model).write_text(json.dumps(record, indent=2))
+    return record
