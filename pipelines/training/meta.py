@@ -109,6 +109,19 @@ def fit_melu(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
+    # MeLU's tensors are tiny (one user's ratings): intra-op threads only add overhead, and on a busy 2-core
+    # machine two threads made an epoch 6-7x slower than one (benchmarks/melu_vs_widedeep.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _meta_epochs(model, optimizer, generator, train, epochs, on_epoch, history)
+    finally:
+        torch.set_num_threads(threads)
+    return history
+
+
+def _meta_epochs(model, optimizer, generator, train, epochs, on_epoch, history) -> None:
+    cfg = model.cfg
     for epoch in range(epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
         losses = []
@@ -122,7 +135,6 @@ def fit_melu(
         history.append(float(np.mean(losses)))
         if on_epoch is not None:
             on_epoch(epoch + 1, history[-1])
-    return history
 
 
 def train_melu(
