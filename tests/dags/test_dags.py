@@ -165,7 +165,7 @@ def test_airflow_dags_test_coldstart_ab_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_train_models_then_evaluate_models(tmp_path: Path) -> None:
+def test_airflow_dags_test_train_evaluate_promote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     from pipelines.features.store import get_store, materialize_day, plan_and_apply
@@ -202,3 +202,28 @@ def test_airflow_dags_test_train_models_then_evaluate_models(tmp_path: Path) -> 
     assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == str(version.version)
     report = platform.settings.home / "reports" / "evaluation" / "sim" / "esmm" / f"v{version.version}"
     assert json.loads((report / "evaluation.json").read_text())["window"]["start"] == "2026-01-03"
+
+    # promote_bento: import, build, serve on 127.0.0.1, smoke-test, then `staging` (and `champion`) + bento tag.
+    out, states = dags_test(platform.settings.home, "promote_bento", "2026-01-03", "--conf", '{"models": ["esmm"]}')
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"chosen": "success", "promote": "success"}
+    staging = client.get_model_version_by_alias("coldstart_esmm", "staging")
+    assert str(staging.version) == str(version.version)
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "champion").version) == str(version.version)
+    record = json.loads((platform.settings.home / "serving" / "esmm.json").read_text())
+    name, tag = record["bento"].split(":")
+    assert name == "coldstart_ranker" and staging.tags["bento"] == record["bento"]
+    assert (platform.settings.home / "bentoml" / "bentos" / name / tag / "bento.yaml").is_file()
+
+    # A newer approved version whose smoke test fails: the previous staging stays, everywhere.
+    from pipelines.serving.promote import PromotionError, promote
+    from pipelines.training.api import train_for_run
+
+    monkeypatch.setenv("COLDSTART_HOME", str(platform.settings.home))
+    newer = train_for_run("esmm", "sim", dt.date(2026, 1, 1), dt.date(2026, 1, 2), {}, {"epochs": 1})["version"]
+    client.set_model_version_tag("coldstart_esmm", newer, "gate", "passed")
+    failing = [{"path": "/rank", "body": {"user_id": 1, "candidates": []}, "status": 200}]
+    with pytest.raises(PromotionError, match="smoke test of coldstart_ranker:.* failed; staging unchanged"):
+        promote(platform.settings, "esmm", newer, smoke=failing)
+    assert str(client.get_model_version_by_alias("coldstart_esmm", "staging").version) == str(version.version)
+    assert json.loads((platform.settings.home / "serving" / "esmm.json").read_text()) == record
