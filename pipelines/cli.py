@@ -530,7 +530,9 @@ def _ask_staging_ranker() -> None:
     candidates = [int(i) for i in rows["item_id"].drop_duplicates().head(200)]
     try:
         for user in (int(rows["user_id"].iloc[0]), 10**12):
-            body = {"user_id": user, "candidates": candidates, "k": 5}
+            # "now" = the end of the simulated log, so the last day's new items are hours old, as in production.
+            now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC).isoformat()
+            body = {"user_id": user, "candidates": candidates, "k": 5, "now": now}
             answer = httpx.post(f"{url}/rank", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
             answer.raise_for_status()
             console.print(f"[bold]POST {url}/rank[/] user {user} (200 candidates, top 5):")

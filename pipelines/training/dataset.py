@@ -37,6 +37,10 @@ MISSING_FLAGS = {"user_activity": "view_count", "item_stats": "exposures_7d", "a
 LABELS = ["click", "conversion"]
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    return column.to_numpy(dtype="float64", na_value=np.nan)
+
+
 def _key(value) -> str:
     """Vocabulary key of a categorical value: 3, 3.0 and "3" are the same id (ids arrive as floats with NaNs)."""
     if isinstance(value, float | np.floating) and float(value).is_integer():
@@ -70,8 +74,9 @@ class FeatureEncoder:
         return enc
 
     def _dense_raw(self, frame: pd.DataFrame) -> pd.DataFrame:
-        out = {c: np.log1p(frame[c].astype("float64").clip(lower=0)) for c in COUNTS if c in frame}
-        out |= {c: frame[c].astype("float64") for c in RATES if c in frame}
+        # numpy per column (pandas' clip costs ~1 ms a column, which serving pays on every request)
+        out = {c: np.log1p(np.clip(_floats(frame[c]), 0, None)) for c in COUNTS if c in frame}
+        out |= {c: _floats(frame[c]) for c in RATES if c in frame}
         out |= {f"missing_{view}": frame[c].isna().astype("float64") for view, c in MISSING_FLAGS.items() if c in frame}
         if self.content_dim and "content_vector" in frame:
             zero = np.zeros(self.content_dim)
