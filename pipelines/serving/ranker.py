@@ -83,11 +83,11 @@ class RankerCore:
             overrides = pd.DataFrame([{"item_id": i, **f} for i, f in item_features.items()])
             items = items.drop(columns=[c for c in overrides if c != "item_id" and c in items]).merge(
                 overrides, on="item_id", how="left") if len(items) else overrides  # fmt: skip
-        frame = items.assign(**{k: [v] * len(items) if isinstance(v, list) else v for k, v in user.items()})
-        frame["user_id"] = user_id
-        if not known:
-            frame["is_new_user"] = 1
-        return frame, known
+        n = len(items)
+        user = {**user, "user_id": user_id, **({} if known else {"is_new_user": 1})}
+        columns = {c: items[c].to_numpy() for c in items.columns if c not in user}
+        columns |= {k: [v] * n if isinstance(v, list | np.ndarray) else np.repeat(v, n) for k, v in user.items()}
+        return pd.DataFrame(columns), known  # one constructor call: column-by-column assignment costs ~10 ms
 
     def _new_item_rows(self, frame: pd.DataFrame, sparse: torch.Tensor) -> list[bool]:
         """Point unknown items with a content vector at content-similar embeddings; returns which were."""

@@ -96,8 +96,11 @@ class FeatureEncoder:
         )
 
     def _index(self, column: str, values: pd.Series) -> np.ndarray:
+        """Vocabulary index of each value (0 = unseen or missing); each distinct value is looked up once."""
         vocab = self.vocab[column]
-        return np.array([vocab.get(_key(v), 0) if v is not None and v == v else 0 for v in values], dtype=np.int64)
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        mapped = np.array([vocab.get(_key(v), 0) for v in uniques] + [0], dtype=np.int64)  # code -1 (missing) -> 0
+        return mapped[codes]
 
     def transform(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Tensors for the models; columns absent from ``frame`` are treated as missing."""
@@ -116,9 +119,12 @@ class FeatureEncoder:
         seq = np.zeros((len(frame), self.seq_len), dtype=np.int64)
         if "recent_item_ids" in frame:
             items = self.vocab["item_id"]
+            seen: dict[int, list[int]] = {}  # a serving request repeats one user's history on every row
             for row, history in enumerate(frame["recent_item_ids"]):
                 if isinstance(history, np.ndarray | list):
-                    ids = [items.get(_key(i), 0) for i in list(history)[: self.seq_len]]
+                    ids = seen.get(id(history))
+                    if ids is None:
+                        ids = seen[id(history)] = [items.get(_key(i), 0) for i in list(history)[: self.seq_len]]
                     seq[row, : len(ids)] = ids
         user_type = np.where(is_new > 0, 0, np.where(views < 50, 1, 2))
         out = {
