@@ -438,6 +438,14 @@ def running(native: NativeStack, extra_env: dict[str, dict[str, str]], extra_arg
                 )
         yield procs
     finally:
+        import psutil
+
+        # Servers fork workers that may leave the process group (MLflow's gunicorn did): collect every
+        # descendant first, then stop the groups, then whatever descendant is left.
+        descendants = []
+        for process in procs.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descendants += psutil.Process(process.pid).children(recursive=True)
         for process in procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -446,6 +454,10 @@ def running(native: NativeStack, extra_env: dict[str, dict[str, str]], extra_arg
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def wait_for(what: str, probe, procs: dict[str, subprocess.Popen], home: Path, timeout: float = 240):
