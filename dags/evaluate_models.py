@@ -23,6 +23,8 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.orchestration import run_models
+
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")
 CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
@@ -97,10 +99,7 @@ def evaluate_models() -> None:
     @task
     def chosen() -> list[str]:
         """The models of the triggering training run, else the `models` Param."""
-        context = get_current_context()
-        events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
-        models = sorted({(e.extra or {}).get("model") for e in events} - {None})
-        return models or list(context["params"]["models"])
+        return run_models(get_current_context())
 
     @task(max_active_tis_per_dag=1)
     def evaluate(model: str) -> dict:

@@ -18,6 +18,8 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.orchestration import run_models
+
 APPROVED = Asset("coldstart_approved_models")
 STAGING = Asset("coldstart_staging_bentos")
 CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
@@ -46,10 +48,7 @@ def promote_bento() -> None:
     @task
     def chosen() -> list[str]:
         """The models of the triggering gate passes, else the `models` Param."""
-        context = get_current_context()
-        events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
-        models = sorted({(e.extra or {}).get("model") for e in events} - {None})
-        return models or list(context["params"]["models"])
+        return run_models(get_current_context())
 
     @task(outlets=[STAGING], max_active_tis_per_dag=1)
     def promote(model: str) -> dict:

@@ -25,3 +25,10 @@ def run_day(context: dict[str, Any]) -> tuple[str, dt.date]:
     if logical is None:
         raise ValueError("this run names no day: set the `date` Param")
     return dataset, logical.date()
+
+
+def run_models(context: dict[str, Any]) -> list[str]:
+    """The models a run works on: those named by the asset events that triggered it, else the `models` Param."""
+    events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
+    models = sorted({(e.extra or {}).get("model") for e in events} - {None})
+    return models or list(context["params"]["models"])

@@ -173,3 +173,15 @@ def get_settings(**overrides: Any) -> Settings:
             for err in exc.errors()
         )
         raise SettingsError(f"Invalid settings: {problems}") from None
+
+
+def use_mlflow_experiment(settings: Settings, name: str) -> None:
+    """Point MLflow at this profile's tracking store and make ``name`` the active experiment (created with the
+    profile's artifact root the first time)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(name, artifact_location=settings.mlflow_artifact_root.as_uri())
+    mlflow.set_experiment(name)

@@ -24,7 +24,7 @@ from pipelines.evaluation.gate import GateConfig, decide
 from pipelines.evaluation.metrics import binary_report, oracle_gap, rating_report
 from pipelines.evaluation.report import write_report
 from pipelines.evaluation.slices import SliceConfig, annotate, cold_slices, slice_masks
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings, get_settings, use_mlflow_experiment
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,7 @@ def _record(settings: Settings, result: dict, gate_cfg: GateConfig, primary: tup
     out_dir = settings.home / "reports" / "evaluation" / result["dataset"] / result["model"] / (
         f"v{result['candidate']['version']}")  # fmt: skip
     gate = result["gate"]
-    if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
-        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     name, version = result["registered_model"], result["candidate"]["version"]
     with mlflow.start_run(run_name=f"evaluate {result['model']} v{version}") as run:
         result["run_id"] = run.info.run_id

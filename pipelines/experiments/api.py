@@ -8,7 +8,7 @@ from pipelines.data.contract import Store
 from pipelines.experiments.metrics import ReadoutConfig
 from pipelines.experiments.readout import readout
 from pipelines.experiments.report import write_report
-from pipelines.settings import get_settings
+from pipelines.settings import get_settings, use_mlflow_experiment
 
 MLFLOW_EXPERIMENT = "coldstart_ab_metrics"
 
@@ -24,11 +24,7 @@ def readout_for_run(
     result = readout(Store(settings.data_dir, dataset), start, end, cfg, treatment_share)
     out_dir = settings.home / "reports" / "ab" / dataset / cfg.experiment_id / f"{start}_{end}"
     paths = write_report(result, out_dir)
-    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
-        mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"{cfg.experiment_id} {start}..{end}") as run:
         mlflow.log_params(
             {"dataset": dataset, "start": start, "end": end, "design": result["design"], **cfg.model_dump()}

@@ -14,7 +14,7 @@ from pipelines.data.contract import Store
 from pipelines.features.store import get_store
 from pipelines.features.training_set import build_training_set
 from pipelines.models import RANKERS
-from pipelines.settings import Settings, get_settings
+from pipelines.settings import Settings, get_settings, use_mlflow_experiment
 from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder
 from pipelines.training.registry import build_ranker, log_and_register
 from pipelines.training.trainer import (
@@ -131,11 +131,7 @@ def train_model(
     if rank > 0:  # under torchrun only rank 0 talks to MLflow
         trainer = fit(None)
         return {"model": model, "rank": rank, "epochs": trainer.state.epoch}
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
-        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"{model} {key}") as run:
         mlflow.log_params(
             {"model": model, "world_size": world, **{f"train.{k}": v for k, v in tcfg.model_dump().items()}}

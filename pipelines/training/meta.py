@@ -22,7 +22,7 @@ import torch
 from pipelines.data.contract import Store
 from pipelines.data.movielens import DATASET, read_melu_split
 from pipelines.models.melu import MeLU, MeLUConfig, Task
-from pipelines.settings import Settings
+from pipelines.settings import Settings, use_mlflow_experiment
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,7 @@ def train_melu(
     tasks = tasks_of(rows, encoder)
     train = tasks["warm"][:max_tasks] if max_tasks else tasks["warm"]
     model = MeLU(encoder.cardinalities(), [rows["content_vector"].iloc[0].shape[0]], cfg)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
-        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"melu-{cfg.local_steps}") as run:
         mlflow.log_params({"model": "melu", "epochs": epochs, **cfg.model_dump()})
         mlflow.set_tags({"lineage.dataset": DATASET, "lineage.split": "melu"})
