@@ -1,16 +1,19 @@
 """
 ### materialize_features
 
-Runs when `validate_logs` emits the `coldstart_clean_logs` Asset (or when triggered with a `date`):
+Runs when `validate_logs` emits the `coldstart_clean_logs` Asset (or when triggered with a `date`, and `end`
+for a range), for every day the triggering events name, oldest first:
 
-1. `compute_features`: daily aggregates and feature snapshots of the day from its clean partitions (DuckDB);
+1. `compute_features`: daily aggregates and feature snapshots of each day from its clean partitions (DuckDB);
 2. `feast_apply`: `feast plan`, refusing a plan that deletes registered objects unless `allow_destructive`,
    then `feast apply`;
-3. `materialize`: loads the day's snapshots into the online store over the data interval plus a one-day
-   overlap for late data, then emits the `coldstart_features` Asset that training is scheduled on.
+3. `materialize`: loads the snapshots into the online store from the oldest day (minus a one-day overlap for
+   late data) to the newest snapshot, then emits the `coldstart_features` Asset that training is scheduled on.
 
-Params: `date` (defaults to the day named by the triggering Asset event, else the logical date), `dataset`,
-`allow_destructive`. CLI twin: `coldstart features`.
+Re-running a day rewrites the same files and leaves the online store as it was.
+
+Params: `date` / `end` (default: the days named by the triggering Asset events, else the logical date),
+`dataset`, `allow_destructive`. CLI twin: `coldstart features`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import run_day
+from pipelines.orchestration import day_event, run_days
 
 CLEAN_LOGS = Asset("coldstart_clean_logs")
 FEATURES = Asset("coldstart_features")
@@ -35,6 +38,7 @@ FEATURES = Asset("coldstart_features")
     default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
     params={
         "date": Param(None, type=["null", "string"], format="date", description="Day to featurize (YYYY-MM-DD)."),
+        "end": Param(None, type=["null", "string"], format="date", description="Last day of a range from `date`."),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$", description="Dataset under data/."),
         "allow_destructive": Param(False, type="boolean", description="Allow a Feast plan that deletes objects."),
     },
@@ -42,31 +46,32 @@ FEATURES = Asset("coldstart_features")
 )
 def materialize_features() -> None:
     @task
-    def compute_features() -> dict:
-        """Aggregates and snapshots of the day (idempotent: the day's files are replaced)."""
+    def compute_features() -> list[dict]:
+        """Aggregates and snapshots of each day, oldest first (idempotent: each day's files are replaced)."""
         from pipelines.features.api import compute_for_run
 
-        dataset, day = run_day(get_current_context())
-        return compute_for_run(dataset, day)
+        dataset, days = run_days(get_current_context())
+        return [compute_for_run(dataset, day) for day in days]
 
     @task
-    def feast_apply(_: dict) -> dict:
+    def feast_apply(_: list[dict]) -> dict:
         """`feast plan` then `feast apply`; fails on an unexpected destructive change."""
         from pipelines.features.api import apply_for_run
 
         context = get_current_context()
-        dataset, _day = run_day(context)
+        dataset, _days = run_days(context)
         return apply_for_run(dataset, bool(context["params"]["allow_destructive"]))
 
     @task(outlets=[FEATURES])
     def materialize(_: dict) -> dict:
-        """Online store over the data interval plus overlap; announces the day downstream."""
+        """Online store from the oldest day (with overlap) to the newest snapshot; announces the days."""
         from pipelines.features.api import materialize_for_run
 
         context = get_current_context()
-        dataset, day = run_day(context)
-        window = materialize_for_run(dataset, day)
-        context["outlet_events"][FEATURES].extra = {"dataset": dataset, "date": day.isoformat()}
+        dataset, days = run_days(context)
+        # The window runs to the newest snapshot computed so far: the oldest day covers every later one.
+        window = materialize_for_run(dataset, days[0])
+        context["outlet_events"][FEATURES].extra = day_event(dataset, days)
         return window
 
     materialize(feast_apply(compute_features()))

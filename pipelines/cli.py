@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 ingest_app = typer.Typer(help="Bring real datasets into the event-log contract.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+platform_app = typer.Typer(help="Run the platform as a service on 127.0.0.1: Airflow and MLflow.", no_args_is_help=True)
+app.add_typer(platform_app, name="platform")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,11 +40,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.data.movielens import MovieLensMissingError
     from pipelines.evaluation.api import EvaluationError
     from pipelines.evaluation.slices import SliceError
+    from pipelines.platform.client import ChainError
+    from pipelines.platform.launcher import PlatformError
     from pipelines.serving.promote import PromotionError
     from pipelines.validation.validate import ValidationError
 
     return (SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError,
-            EvaluationError, SliceError, PydanticValidationError, PromotionError)  # fmt: skip
+            EvaluationError, SliceError, PydanticValidationError, PromotionError, PlatformError,
+            ChainError)  # fmt: skip
 
 
 def _clear_errors(func: F) -> F:
@@ -469,45 +474,187 @@ def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         _print_summary(f"dataset {name}", tables)
 
 
+@platform_app.command("up")
+@_clear_errors
+def platform_up(
+    workers: Annotated[int, typer.Option(min=1, help="Celery workers (prod profile).")] = 1,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for every component to be healthy.")] = 300,
+) -> None:
+    """Start Airflow (api-server, scheduler, dag-processor, triggerer; Celery workers in prod) and MLflow on
+    127.0.0.1; print the URLs and the login."""
+    from pipelines.platform.launcher import admin_password, up
+
+    settings = _settings()
+    state = up(settings, workers=workers, timeout=timeout)
+    rows = {name: f"pid {c['pid']}  log {c['log']}" for name, c in state["components"].items()}
+    _print_summary(f"Platform up ({settings.profile} profile, {settings.home})", rows | {
+        "Airflow UI and REST API": state["airflow"],
+        "login": f"admin / {admin_password(settings)}",
+        "MLflow UI": state["mlflow"],
+        "stop": "coldstart platform down",
+    })  # fmt: skip
+
+
+@platform_app.command("down")
+@_clear_errors
+def platform_down() -> None:
+    """Stop every process `coldstart platform up` started (and only those)."""
+    from pipelines.platform.launcher import down
+
+    stopped = down(_settings())
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@platform_app.command("status")
+@_clear_errors
+def platform_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Each component's process and health, the URLs and the login; exit 1 unless everything is healthy."""
+    from pipelines.platform.launcher import status
+
+    info = status(_settings())
+    if as_json:
+        console.print_json(json.dumps(info))
+    else:
+        table = Table(title=f"platform ({info['profile']} profile, {info['home']})")
+        for column in ("component", "pid", "running"):
+            table.add_column(column)
+        for name, c in info["components"].items():
+            table.add_row(name, str(c["pid"]), "[green]yes[/]" if c["running"] else "[red]no[/]")
+        console.print(table)
+        _print_summary("health", info["health"] or {"platform": "not running"})
+        login = info["login"]
+        _print_summary("URLs", {"Airflow": info["airflow"], "MLflow": info["mlflow"],
+                                "login": f"{login['username']} / {login['password']}" if login else "-"})  # fmt: skip
+    healthy = info["health"] and set(info["health"].values()) == {"healthy"}
+    if not healthy or not all(c["running"] for c in info["components"].values()):
+        raise typer.Exit(code=1)
+
+
+@platform_app.command("add-worker")
+@_clear_errors
+def platform_add_worker() -> None:
+    """Start one more Celery worker (prod profile): the scale-out path."""
+    from pipelines.platform.launcher import add_worker
+
+    console.print(f"started {add_worker(_settings())}")
+
+
+@platform_app.command("trigger")
+@_clear_errors
+def platform_trigger(
+    dag_id: Annotated[str, typer.Argument(help="validate_logs, materialize_features, train_models, ...")],
+    conf: Annotated[str, typer.Option(help="JSON conf: the run's Params.")] = "{}",
+    follow: Annotated[bool, typer.Option(help="Wait for the run and every run it sets off through Assets.")] = True,
+    timeout: Annotated[float, typer.Option(min=1)] = 3600,
+) -> None:
+    """Trigger a DAG run through the REST API, then follow the Asset chain downstream; exit 1 if a run failed."""
+    from pipelines.platform.client import CHAIN, now
+
+    client = _airflow_client(_settings())
+    since = now()
+    run = client.trigger(dag_id, json.loads(conf))
+    console.print(f"triggered {dag_id} run {run['dag_run_id']}")
+    if not follow:
+        return
+    dags = CHAIN[CHAIN.index(dag_id) :] if dag_id in CHAIN else (dag_id,)
+    runs = client.follow(dags, since, expect=(dag_id,), timeout=timeout)
+    _print_chain(client, runs)
+    if any(r["state"] != "success" for rs in runs.values() for r in rs):
+        raise typer.Exit(code=1)
+
+
 @app.command()
 @_clear_errors
 def demo(
-    days: Annotated[int, typer.Option(min=1)] = 7,
+    days: Annotated[int, typer.Option(min=3)] = 7,
     users: Annotated[int, typer.Option(min=10)] = 5_000,
     seed: Annotated[int, typer.Option()] = 7,
+    down: Annotated[bool, typer.Option("--down", help="Stop the platform at the end.")] = False,
 ) -> None:
-    """Run the platform end to end on the embedded local profile (grows with each stage)."""
+    """Run the platform end to end on the local profile, through the real Airflow scheduler.
+
+    Simulates the logs, starts the platform (`coldstart platform up`), triggers `validate_logs` over every
+    simulated day through the REST API and follows the Asset chain (validate -> materialize -> train ->
+    evaluate -> promote), trains MeLU the same way, reads out the A/B experiment, asks the staging ranker,
+    and prints where to look. The platform keeps running unless `--down`.
+    """
+    from pipelines.data.contract import Store
+    from pipelines.platform.client import CHAIN, now
+    from pipelines.platform.launcher import admin_password
+    from pipelines.platform.launcher import down as platform_down
+
     simulate(days=days, users=users, seed=seed, start_date=dt.datetime(2026, 1, 1), impressions_per_day=None,
              policy="popularity", design="user_split", dataset="sim")  # fmt: skip
     ingest_movielens()
-    validate(date=None, threshold=0.05, dataset="sim")
-    features(date=None, dataset="sim", allow_destructive=False)
-    from pipelines.data.contract import Store
+    settings = _settings()
+    platform_up(workers=1, timeout=300)
+    client = _airflow_client(settings)
+    client.wait_for_dags((*CHAIN, "coldstart_ab_metrics"))
+    sim_days = Store(settings.data_dir, "sim").partitions("impressions")
+    first, last = sim_days[0].isoformat(), sim_days[-1].isoformat()
 
-    days = Store(_settings().data_dir, "sim").partitions("impressions")
-    ab(start=dt.datetime.combine(days[0], dt.time()), end=dt.datetime.combine(days[-1], dt.time()),
-       experiment_id="exp_new_item_boost", dataset="sim", high_exposure_threshold=100, exposure_target=60,
-       hot_clicks=30, treatment_share=0.5, layer="clean")  # fmt: skip
-    # The last day is held out for evaluation: train on the days before it.
-    window = {"start": dt.datetime.combine(days[1], dt.time()), "end": dt.datetime.combine(days[-2], dt.time())}
-    train(model=["esmm", "ple"], **window, dataset="sim", epochs=2, batch_size=1024, lr=3e-3, poso=False, uie=True,
-          config="{}")  # fmt: skip
-    # MeLU at a larger meta learning rate than the paper's 5e-5, so that a few epochs reach a useful model.
-    train(model=["melu"], **window, dataset="sim", epochs=8, batch_size=1024, lr=3e-3, poso=False, uie=True,
-          config='{"meta_lr": 0.0005}')  # fmt: skip
-    from pipelines.evaluation.api import evaluate_for_run
+    console.rule("validate -> materialize -> train (ESMM, PLE+UIE) -> evaluate -> promote, through the scheduler")
+    since = now()
+    client.trigger("validate_logs", {"date": first, "end": last}, note="coldstart demo")
+    _print_chain(client, client.follow(CHAIN, since, expect=CHAIN, timeout=3600))
 
-    passed = []
-    for name in ("esmm", "ple", "melu"):
-        out = evaluate_for_run(name, "sim", None, None, {"n_bootstrap": 100, "max_users": 300})
-        gate = "passed" if out["passed"] else "BLOCKED: " + "; ".join(out["reasons"])
-        _print_summary(f"Evaluated {name}", {"version": out["version"], "gate": gate, "report": out["report"]})
-        passed += [name] if out["passed"] else []
-    for name in [m for m in ("esmm", "melu") if m in passed]:
-        promote(name, version=None)
-    if "esmm" in passed:
+    console.rule("MeLU: train_models -> evaluate -> promote")
+    since = now()
+    client.trigger("train_models", {"models": ["melu"], "epochs": 8, "model_config": {"melu": {"meta_lr": 0.0005}}},
+                   note="coldstart demo: MeLU, at a larger meta learning rate than the paper's 5e-5 so that a few "
+                   "epochs reach a useful model")  # fmt: skip
+    _print_chain(client, client.follow(CHAIN[2:], since, expect=CHAIN[2:4], timeout=3600))
+
+    console.rule("Cold-start A/B readout (coldstart_ab_metrics)")
+    run = client.trigger("coldstart_ab_metrics", {"start": first, "end": last, "high_exposure_threshold": 100})
+    _print_chain(client, {"coldstart_ab_metrics": [client.wait_run("coldstart_ab_metrics", run["dag_run_id"])]})
+
+    from pipelines.serving.promote import staging_record
+
+    if staging_record(settings, "esmm"):
         _ask_staging_ranker()
-    info(as_json=False)
+    reports = settings.home / "reports"
+    _print_summary(
+        "Where to look",
+        {
+            "Airflow UI": f"{client.base_url}  (user admin, password {admin_password(settings)})",
+            "MLflow UI": f"http://127.0.0.1:{settings.mlflow_port}",
+            "evaluation reports": str(reports / "evaluation" / "sim"),
+            "A/B report": str(reports / "ab" / "sim" / "exp_new_item_boost" / f"{first}_{last}" / "report.html"),
+            "Data Docs": str(reports / "validation" / "sim" / f"{last}" / "index.html"),
+            "staging bentos": str(settings.home / "serving"),
+            "stop the platform": "coldstart platform down",
+        },
+    )
+    if down:
+        platform_down(settings)
+
+
+def _airflow_client(settings: Settings):
+    from pipelines.platform.client import AirflowClient
+    from pipelines.platform.launcher import ADMIN_USER, admin_password, airflow_url
+
+    return AirflowClient(airflow_url(settings), ADMIN_USER, admin_password(settings))
+
+
+def _print_chain(client, runs: dict[str, list[dict]]) -> None:
+    """One line per run: DAG, how it started, state, seconds; the failed tasks' reasons below a failed run."""
+    table = Table(title="DAG runs", title_justify="left")
+    for column in ("DAG", "run", "triggered by", "state", "seconds"):
+        table.add_column(column)
+    failed = []
+    for dag_id, dag_runs in runs.items():
+        for run in dag_runs:
+            seconds = ""
+            if run.get("start_date") and run.get("end_date"):
+                took = dt.datetime.fromisoformat(run["end_date"]) - dt.datetime.fromisoformat(run["start_date"])
+                seconds = f"{took.total_seconds():.0f}"
+            style = "green" if run["state"] == "success" else "red"
+            table.add_row(dag_id, run["dag_run_id"], run["run_type"], f"[{style}]{run['state']}[/]", seconds)
+            failed += [run] if run["state"] == "failed" else []
+    console.print(table)
+    for run in failed:
+        console.print(client.failure(run))
 
 
 def _ask_staging_ranker() -> None:

@@ -1,4 +1,4 @@
-"""Small helpers the DAG files share: which dataset and day a run is about. No heavy imports here."""
+"""Small helpers the DAG files share: which dataset and days a run is about. No heavy imports here."""
 
 from __future__ import annotations
 
@@ -6,25 +6,46 @@ import datetime as dt
 from typing import Any
 
 
-def run_day(context: dict[str, Any]) -> tuple[str, dt.date]:
-    """The dataset and day a run works on.
+def run_days(context: dict[str, Any]) -> tuple[str, list[dt.date]]:
+    """The dataset and the days (oldest first) a run works on.
 
-    In order: the run's ``date`` Param; the day named by the asset event that triggered the run (set by the
-    upstream DAG); the run's logical date.
+    In order: the run's ``date`` Param (through its ``end`` Param, when set: a range); the days named by the
+    Asset events that triggered the run (``date`` or ``dates`` in their extra, set by the upstream DAG; events
+    queued while an earlier run was busy are consumed together, so every day they name is covered); the run's
+    logical date.
     """
     params = context["params"]
     dataset = params.get("dataset", "sim")
     if params.get("date"):
-        return dataset, dt.date.fromisoformat(params["date"])
+        first = dt.date.fromisoformat(params["date"])
+        last = dt.date.fromisoformat(params["end"]) if params.get("end") else first
+        if last < first:
+            raise ValueError(f"`end` ({last}) is before `date` ({first})")
+        return dataset, [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    days: set[dt.date] = set()
     for events in (context.get("triggering_asset_events") or {}).values():
-        for event in reversed(list(events)):
+        for event in events:
             extra = event.extra or {}
-            if extra.get("date"):
-                return extra.get("dataset", dataset), dt.date.fromisoformat(extra["date"])
+            named = extra.get("dates") or [extra.get("date")]
+            days |= {dt.date.fromisoformat(d) for d in named if d}
+            dataset = extra.get("dataset", dataset)
+    if days:
+        return dataset, sorted(days)
     logical = context.get("logical_date")
     if logical is None:
         raise ValueError("this run names no day: set the `date` Param")
-    return dataset, logical.date()
+    return dataset, [logical.date()]
+
+
+def run_day(context: dict[str, Any]) -> tuple[str, dt.date]:
+    """The dataset and the newest day a run works on (see :func:`run_days`)."""
+    dataset, days = run_days(context)
+    return dataset, days[-1]
+
+
+def day_event(dataset: str, days: list[dt.date]) -> dict[str, Any]:
+    """The extra of an Asset event that hands ``days`` of ``dataset`` to the next DAG."""
+    return {"dataset": dataset, "date": days[-1].isoformat(), "dates": [d.isoformat() for d in days]}
 
 
 def run_models(context: dict[str, Any]) -> list[str]:

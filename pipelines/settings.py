@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the prod online store.")
     feast_project: str = Field("coldstart", description="Feast project name (also the Redis key prefix).")
+    airflow_port: int = Field(8080, ge=1, le=65535, description="Port of the Airflow api-server (UI and REST API).")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server (UI and tracking API).")
     dags_folder: Path = Field(
         Path(__file__).resolve().parents[1] / "dags", description="Folder of the platform's Airflow DAG files."
     )
@@ -69,9 +71,16 @@ class Settings(BaseSettings):
 
     @property
     def airflow_db_url(self) -> str:
-        """SQLAlchemy URL of Airflow's metadata database."""
+        """SQLAlchemy URL of Airflow's metadata database.
+
+        In prod: the database ``<name>_airflow`` on the platform's server, not the platform's own database: MLflow's
+        tables live there, and Airflow's and MLflow's migrations both record their revision in ``alembic_version``.
+        """
         if self.profile == "prod":
-            return self.postgres_url
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.postgres_url)
+            return url.set(database=f"{url.database}_airflow").render_as_string(hide_password=False)
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
     def airflow_environ(self) -> dict[str, str]:

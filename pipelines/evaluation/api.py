@@ -202,8 +202,7 @@ def _record(settings: Settings, result: dict, gate_cfg: GateConfig, primary: tup
     import mlflow
 
     client = _client(settings)
-    out_dir = settings.home / "reports" / "evaluation" / result["dataset"] / result["model"] / (
-        f"v{result['candidate']['version']}")  # fmt: skip
+    out_dir = report_dir(settings, result["dataset"], result["model"], result["candidate"]["version"])
     gate = result["gate"]
     use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     name, version = result["registered_model"], result["candidate"]["version"]
@@ -229,6 +228,8 @@ def _record(settings: Settings, result: dict, gate_cfg: GateConfig, primary: tup
     client.set_model_version_tag(name, version, "gate", "passed" if gate["passed"] else "blocked")
     client.set_model_version_tag(name, version, "gate.evaluation_run", run.info.run_id)
     client.set_model_version_tag(name, version, "gate.reasons", "; ".join(gate["reasons"])[:4900] or "none")
+    if result.get("evaluation_key"):
+        client.set_model_version_tag(name, version, "gate.key", result["evaluation_key"])
     if gate["passed"]:
         client.set_registered_model_alias(name, APPROVED, version)
     result["report"] = {k: str(v) for k, v in paths.items()}
@@ -258,6 +259,11 @@ def evaluate_ranker(
     train_end = dt.date.fromisoformat(tags["lineage.end"]) if "lineage.end" in tags else None
     data = Store(settings.data_dir, dataset)
     start, end = held_out_window(data, train_end, start, end, cfg.eval_days)
+    key = evaluation_key(cfg, gate_cfg, dataset, start, end, champion)
+    recorded = recorded_evaluation(settings, model, dataset, candidate, champion, key)
+    if recorded is not None:
+        log.info("%s v%s was evaluated with key %s: its recorded outcome stands", name, candidate.version, key)
+        return recorded
     log.info("evaluating %s v%s on %s %s..%s", name, candidate.version, dataset, start, end)
     frame = build_training_set(get_store(settings, dataset), data, start, end, EVAL_SERVICE)
     users = data.read_range("users", end=end, layer="clean", columns=["user_id", "signup_time"]).to_pandas()
@@ -289,8 +295,42 @@ def evaluate_ranker(
         "slices": slices,
         "calibration": calibration_curves(frame, scores, cfg, ["overall", *[c for c in cold if "&" in c]]),
         "gate": gate,
+        "evaluation_key": key,
     }
     return _record(settings, result, gate_cfg, ("ctr", "auc"))
+
+
+def evaluation_key(cfg: EvaluationConfig, gate_cfg: GateConfig, dataset: str, start: dt.date, end: dt.date,
+                   champion) -> str:  # fmt: skip
+    """What identifies an evaluation: its config, gate, data window and the champion it was compared with."""
+    import hashlib
+    import json
+
+    parts = [cfg.model_dump(mode="json"), gate_cfg.model_dump(mode="json"), dataset, str(start), str(end),
+             str(champion.version) if champion else None]  # fmt: skip
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+
+def report_dir(settings: Settings, dataset: str, model: str, version: str) -> Path:
+    return settings.home / "reports" / "evaluation" / dataset / model / f"v{version}"
+
+
+def recorded_evaluation(settings: Settings, model: str, dataset: str, candidate, champion, key: str) -> dict | None:
+    """The recorded outcome of an evaluation that need not run again, or None.
+
+    It need not when the version was evaluated with the same key, or when it already is the champion (it was
+    evaluated and promoted: comparing it with itself would say nothing). So re-running a finished day records
+    no second evaluation.
+    """
+    tags = candidate.tags or {}
+    same = tags.get("gate.key") == key or (champion is not None and champion.version == candidate.version)
+    out_dir = report_dir(settings, dataset, model, str(candidate.version))
+    if "gate" not in tags or not same or not (out_dir / "evaluation.json").is_file():
+        return None
+    result = read_result(out_dir / "evaluation.json")
+    result["report"] = {"json": str(out_dir / "evaluation.json"), "html": str(out_dir / "report.html")}
+    result["reused"] = True
+    return result
 
 
 def evaluate_melu(settings: Settings, config: EvaluationConfig | None = None) -> dict:
@@ -375,6 +415,7 @@ def summary(result: dict) -> dict:
         "run_id": result["run_id"],
         "report": result["report"]["html"],
         "window": result["window"],
+        "reused": bool(result.get("reused")),
     }
 
 

@@ -136,6 +136,11 @@ def promote(settings: Settings, model: str, version: str | None = None, smoke: l
     """
     version = _approved(settings, model, version)
     client, name = _client(settings), registered_name(model)
+    current = staging_record(settings, model)
+    if current and str(current["version"]) == str(version) and smoke is None:
+        # Already staging (a re-run of a finished day): nothing to build, nothing to move.
+        log.info("%s v%s is already staging as %s", name, version, current["bento"])
+        return current | {"unchanged": True}
     try:
         model_tag = import_model(settings, model, version)
         bento = build(settings, SERVICES[model], model_tag)

@@ -115,7 +115,7 @@ def train_model(
     if warm_start_from:
         loaded = warm_start(net, warm_start_from, train)
         lineage = {**(lineage or {}), "warm_start_from": warm_start_from, "warm_started_tensors": loaded}
-    key = hashlib.sha1(json.dumps([model, resolved, tcfg.model_dump(), lineage], default=str).encode()).hexdigest()[:12]
+    key = training_key(model, resolved, tcfg.model_dump(), lineage)
     rank, world = distributed_rank()
     checkpoints = settings.home / "checkpoints" / f"{model}-{key}" / (f"ddp{world}" if world > 1 else "single")
 
@@ -137,7 +137,7 @@ def train_model(
             {"model": model, "world_size": world, **{f"train.{k}": v for k, v in tcfg.model_dump().items()}}
         )
         mlflow.log_dict({"model": resolved, "train": tcfg.model_dump(), "lineage": lineage}, "resolved_config.json")
-        mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()})
+        mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()} | {"training_key": key})
         mlflow.log_metrics({"train_rows": len(train_frame), "val_rows": len(val_frame)})
         trainer = fit(mlflow.log_metrics)
         final = validation_metrics(net, val)
@@ -157,6 +157,56 @@ def train_model(
     }
 
 
+def training_key(model: str, resolved: dict, train: dict, lineage: dict | None) -> str:
+    """What identifies a training run: the model, its resolved config, the training config and the lineage
+    (dataset, window, feature service, data fingerprint). Same key, same weights (training is seeded)."""
+    return hashlib.sha1(json.dumps([model, resolved, train, lineage], default=str).encode()).hexdigest()[:12]
+
+
+def training_window(data: Store, end: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
+    """The days to train on: ``window_days`` ending at ``end``, clipped to the first clean day.
+
+    Raises:
+        ValueError: ``end`` has no clean impressions, or fewer than two clean days are in the window (the last
+            one validates).
+    """
+    days = data.partitions("impressions", layer="clean")
+    if end not in days:
+        raise ValueError(f"no clean impressions on {end} in {data.dataset!r} (clean days: "
+                         f"{days[0] if days else '-'}..{days[-1] if days else '-'}): validate it first")  # fmt: skip
+    inside = [d for d in days if end - dt.timedelta(days=window_days - 1) <= d <= end]
+    if len(inside) < 2:
+        raise ValueError(f"the window ending {end} holds {len(inside)} clean day(s) of {data.dataset!r}; training "
+                         "needs two (the last one validates)")  # fmt: skip
+    return inside[0], end
+
+
+def data_fingerprint(data: Store, start: dt.date, end: dt.date) -> str:
+    """A hash of the clean partitions the training set is made of (labels of the window, users and items up to
+    its end): a window re-validated to the same rows keeps its fingerprint."""
+    digest = hashlib.sha256()
+    for table, first in (("impressions", start), ("users", None), ("items", None)):
+        for day in data.partitions(table, layer="clean"):
+            if (first is None or day >= first) and day <= end:
+                digest.update(f"{table}/{day}".encode())
+                digest.update(data.partition_path(table, day, layer="clean").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def find_trained(settings: Settings, model: str, key: str):
+    """The registered version of a finished run with ``training_key`` = ``key``, or None."""
+    import mlflow
+
+    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
+    runs = mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT], output_format="list", max_results=1,
+                              filter_string=f"tags.training_key = '{key}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    if not runs:
+        return None
+    versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{runs[0].info.run_id}'")
+    return next((v for v in versions if v.name == registered_name(model)), None)
+
+
 def train_for_run(
     model: str,
     dataset: str,
@@ -164,12 +214,36 @@ def train_for_run(
     end: dt.date,
     model_config: dict | None = None,
     train_config: dict | None = None,
+    reuse: bool = True,
 ) -> dict:
-    """Point-in-time training set for [start, end] from Feast, then :func:`train_model`."""
+    """Point-in-time training set for [start, end] from Feast, then :func:`train_model`.
+
+    With ``reuse`` (the default), a version already trained with the same key (model, configs, window and data
+    fingerprint) is made ``candidate`` again instead of training a copy: re-running a finished day changes
+    nothing in the registry.
+    """
     settings = get_settings()
     settings.ensure_home()
+    data = Store(settings.data_dir, dataset)
     service = SERVICES.get(model, "esmm_v1")
-    frame = build_training_set(get_store(settings, dataset), Store(settings.data_dir, dataset), start, end, service)
-    lineage = {"dataset": dataset, "start": start.isoformat(), "end": end.isoformat(), "feature_service": service}
+    lineage = {"dataset": dataset, "start": start.isoformat(), "end": end.isoformat(), "feature_service": service,
+               "data": data_fingerprint(data, start, end)}  # fmt: skip
+    if model not in RANKERS:
+        raise ValueError(f"unknown model {model!r}; choose from {sorted(RANKERS)}")
+    resolved = RANKERS[model].config_class(**(model_config or {})).model_dump()
+    key = training_key(model, resolved, TrainConfig(**(train_config or {})).model_dump(), lineage)
+    existing = find_trained(settings, model, key) if reuse else None
+    if existing is not None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias(existing.name, "candidate", existing.version)
+        log.info("%s v%s was trained with key %s: reused as candidate", existing.name, existing.version, key)
+        metrics = client.get_run(existing.run_id).data.metrics
+        final = {k.removeprefix("final_"): v for k, v in metrics.items() if k.startswith("final_")}
+        return {"model": model, "run_id": existing.run_id, "registered_model": existing.name,
+                "version": str(existing.version), "reused": True, "training_key": key, "metrics": final}  # fmt: skip
+    frame = build_training_set(get_store(settings, dataset), data, start, end, service)
     result = train_model(settings, model, frame, model_config, train_config, lineage)
-    return result | {"rows": int(len(frame)), "positive_rate": float(np.mean(frame["click"]))}
+    return result | {"rows": int(len(frame)), "positive_rate": float(np.mean(frame["click"])), "reused": False,
+                     "training_key": key}  # fmt: skip

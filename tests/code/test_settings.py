@@ -25,7 +25,7 @@ def test_prod_profile_reads_addresses_from_env(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("COLDSTART_REDIS_URL", "redis://cache.internal:6380/2")
     settings = get_settings()
     assert settings.profile == "prod"
-    assert settings.airflow_db_url == "postgresql+psycopg2://me@db.internal:5433/cs"
+    assert settings.airflow_db_url == "postgresql+psycopg2://me@db.internal:5433/cs_airflow"
     assert settings.mlflow_tracking_uri == settings.postgres_url
     feast = settings.feast_store_config()
     assert feast["online_store"] == {"type": "redis", "connection_string": "cache.internal:6380,db=2"}

@@ -177,7 +177,7 @@ def test_airflow_dags_test_train_evaluate_promote(tmp_path: Path, monkeypatch: p
     store = get_store(platform.settings)
     for day in platform.days[:3]:
         materialize_day(store, platform.layout, day)
-    conf = {"date": "2026-01-02", "window_days": 2, "models": ["esmm"], "epochs": 1, "batch_size": 2048}
+    conf = {"date": "2026-01-03", "window_days": 2, "models": ["esmm"], "epochs": 1, "batch_size": 2048}
     out, states = dags_test(platform.settings.home, "train_models", "2026-01-02", "--conf", json.dumps(conf))
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert states == {"chosen": "success", "train": "success"}
@@ -220,7 +220,9 @@ def test_airflow_dags_test_train_evaluate_promote(tmp_path: Path, monkeypatch: p
     from pipelines.training.api import train_for_run
 
     monkeypatch.setenv("COLDSTART_HOME", str(platform.settings.home))
-    newer = train_for_run("esmm", "sim", dt.date(2026, 1, 1), dt.date(2026, 1, 2), {}, {"epochs": 1})["version"]
+    newer = train_for_run("esmm", "sim", dt.date(2026, 1, 1), dt.date(2026, 1, 2), {}, {"epochs": 1}, reuse=False)[
+        "version"
+    ]
     client.set_model_version_tag("coldstart_esmm", newer, "gate", "passed")
     failing = [{"path": "/rank", "body": {"user_id": 1, "candidates": []}, "status": 200}]
     with pytest.raises(PromotionError, match="smoke test of coldstart_ranker:.* failed; staging unchanged"):

@@ -317,13 +317,10 @@ def test_airflow_environment_is_what_coldstart_airflow_sets(services: dict[str, 
     for name in (*AIRFLOW_SERVICES, *ONE_SHOT):
         env = services[name]["environment"]
         native = settings_of(env).airflow_environ()
-        conn = native.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
         assert {k: env[k] for k in native} == native, name
         # Not the platform's database: MLflow's tables live there, and Airflow's and MLflow's migrations both
-        # record their revision in `alembic_version`. Same server and user, database `airflow`.
-        ours, platform = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]), urlsplit(conn)
-        assert (ours.scheme, ours.netloc) == (platform.scheme, platform.netloc), name
-        assert (ours.path, platform.path) == ("/airflow", "/coldstart"), name
+        # record their revision in `alembic_version`. Same server and user, database `coldstart_airflow`.
+        assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).path == "/coldstart_airflow", name
 
 
 # ---- the compose services, run natively against PostgreSQL and Redis on 127.0.0.1 -------------------------------
@@ -351,8 +348,8 @@ class NativeStack:
         """A value of the compose file, with this machine's addresses and folders."""
         pg_password, redis_password = SECRET_VALUES["POSTGRES_PASSWORD"], SECRET_VALUES["REDIS_PASSWORD"]
         replacements = {
+            # (the Airflow database `coldstart_airflow` becomes `<database>_airflow`)
             f"coldstart:{pg_password}@postgres:5432/coldstart": f"postgres@127.0.0.1:5432/{self.database}",
-            f"coldstart:{pg_password}@postgres:5432/airflow": f"postgres@127.0.0.1:5432/{self.database}_airflow",
             f":{redis_password}@redis:6379": "127.0.0.1:6379",
             "http://airflow-apiserver:8080/": f"http://127.0.0.1:{self.ports[8080]}/",
             "/var/lib/coldstart": str(self.home),

@@ -38,7 +38,7 @@ def test_prod_backends_are_reachable(prod_env: str) -> None:
     import sqlalchemy as sa
 
     settings = get_settings()
-    assert settings.profile == "prod" and settings.airflow_db_url == prod_env
+    assert settings.profile == "prod" and settings.airflow_db_url == f"{prod_env}_airflow"
     checks = {c.name: c for c in check_backends(settings)}
     assert all(c.ok for c in checks.values()), checks
     engine = sa.create_engine(settings.mlflow_tracking_uri)
