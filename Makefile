@@ -9,6 +9,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: venv demo test lint clean
 
+# Debian's Chromium for the browser test (tests/platform/test_browser.py): Playwright drives it and never downloads
+# a browser of its own (nothing but the package registries is reachable).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
 venv: $(STAMP)
 
 # Re-installs only when the dependency list or this file changes, so a second run is quick.
@@ -31,7 +36,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: lint $(CHROMIUM)
 	$(BIN)/pytest tests
 
 clean:

@@ -14,7 +14,7 @@ champion (absolute floors when there is none). A pass tags the version `gate=pas
 fails the `promotion_gate` task (no retries) with the reasons in its log, and tags the version `gate=blocked`.
 
 Params: `models`, `dataset`, `start` / `end` (default: the `eval_days` days after training), slice definitions,
-tolerances, floors and `checks` (null = the model's defaults), `n_bootstrap`. CLI twin: `coldstart evaluate`.
+tolerances, floors and `checks` (null = the model's defaults), `n_bootstrap`, `chain`. CLI twin: `coldstart evaluate`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import run_models
+from pipelines.orchestration import chain_extra, chain_params, run_models
 
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")
@@ -92,6 +92,9 @@ def _config(params: dict) -> dict:
         "min_count": Param(None, type=["null", "integer"], minimum=1, description="Smaller cold slices are skipped."),
         "n_bootstrap": Param(200, type="integer", minimum=0, description="Bootstrap resamples for the intervals."),
         "max_users": Param(None, type=["null", "integer"], minimum=1, description="MeLU: users per scenario."),
+        "chain": Param(
+            {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'
+        ),
     },  # fmt: skip
     doc_md=__doc__,
 )
@@ -106,7 +109,7 @@ def evaluate_models() -> None:
         """Score candidate and champion per slice, write the report, log the MLflow run, record the gate."""
         from pipelines.evaluation.api import evaluate_for_run
 
-        p = get_current_context()["params"]
+        p = chain_params(get_current_context())
         start = dt.date.fromisoformat(p["start"]) if p["start"] else None
         end = dt.date.fromisoformat(p["end"]) if p["end"] else None
         return evaluate_for_run(model, p["dataset"], start, end, _config(p))
@@ -122,8 +125,9 @@ def evaluate_models() -> None:
                 f"gate blocked {outcome['model']} v{outcome['version']} (champion v{outcome['champion_version']}):"
                 f"\n  - {reasons}\nreport: {outcome['report']}"
             )
+        context = get_current_context()
         extra = {"model": outcome["model"], "version": str(outcome["version"]), "run_id": outcome["run_id"]}
-        get_current_context()["outlet_events"][APPROVED].extra = extra
+        context["outlet_events"][APPROVED].extra = extra | chain_extra(context)
         return outcome
 
     promotion_gate.expand(outcome=evaluate.expand(model=chosen()))

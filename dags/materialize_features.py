@@ -13,7 +13,7 @@ for a range), for every day the triggering events name, oldest first:
 Re-running a day rewrites the same files and leaves the online store as it was.
 
 Params: `date` / `end` (default: the days named by the triggering Asset events, else the logical date),
-`dataset`, `allow_destructive`. CLI twin: `coldstart features`.
+`dataset`, `allow_destructive`, `chain`. CLI twin: `coldstart features`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import day_event, run_days
+from pipelines.orchestration import chain_extra, chain_params, day_event, run_days
 
 CLEAN_LOGS = Asset("coldstart_clean_logs")
 FEATURES = Asset("coldstart_features")
@@ -41,6 +41,9 @@ FEATURES = Asset("coldstart_features")
         "end": Param(None, type=["null", "string"], format="date", description="Last day of a range from `date`."),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$", description="Dataset under data/."),
         "allow_destructive": Param(False, type="boolean", description="Allow a Feast plan that deletes objects."),
+        "chain": Param(
+            {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'
+        ),
     },
     doc_md=__doc__,
 )
@@ -60,7 +63,7 @@ def materialize_features() -> None:
 
         context = get_current_context()
         dataset, _days = run_days(context)
-        return apply_for_run(dataset, bool(context["params"]["allow_destructive"]))
+        return apply_for_run(dataset, bool(chain_params(context)["allow_destructive"]))
 
     @task(outlets=[FEATURES])
     def materialize(_: dict) -> dict:
@@ -71,7 +74,7 @@ def materialize_features() -> None:
         dataset, days = run_days(context)
         # The window runs to the newest snapshot computed so far: the oldest day covers every later one.
         window = materialize_for_run(dataset, days[0])
-        context["outlet_events"][FEATURES].extra = day_event(dataset, days)
+        context["outlet_events"][FEATURES].extra = day_event(dataset, days) | chain_extra(context)
         return window
 
     materialize(feast_apply(compute_features()))

@@ -18,7 +18,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import run_models
+from pipelines.orchestration import chain_params, run_models
 
 APPROVED = Asset("coldstart_approved_models")
 STAGING = Asset("coldstart_staging_bentos")
@@ -59,7 +59,7 @@ def promote_bento() -> None:
         context = get_current_context()
         settings = get_settings()
         settings.ensure_home()
-        record = promote_model(settings, model, context["params"]["version"])
+        record = promote_model(settings, model, chain_params(context)["version"])
         context["outlet_events"][STAGING].extra = {"model": model, "version": record["version"],
                                                    "bento": record["bento"]}  # fmt: skip
         return record

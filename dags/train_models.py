@@ -14,7 +14,7 @@ Idempotent: a version already trained with the same model, configs, window and d
 instead of training a copy (set `retrain` to train anyway).
 
 Params: `models`, `date`, `holdout_days`, `window_days`, `dataset`, `epochs`, `batch_size`, `lr`, `poso`, `uie`,
-`model_config` (per-model overrides, e.g. `{"melu": {"meta_lr": 0.0005}}`), `retrain`. CLI twin:
+`model_config` (per-model overrides, e.g. `{"melu": {"meta_lr": 0.0005}}`), `retrain`, `chain`. CLI twin:
 `coldstart train`.
 """
 
@@ -24,7 +24,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import run_day
+from pipelines.orchestration import chain_extra, chain_params, run_day
 
 FEATURES = Asset("coldstart_features")
 MODELS = Asset("coldstart_candidate_models")
@@ -57,13 +57,16 @@ CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
         "uie": Param(True, type="boolean", description="UIE enhancement on PLE."),
         "model_config": Param({}, type="object", description='Per-model config overrides: {"ple": {...}}.'),
         "retrain": Param(False, type="boolean", description="Train even if this exact version exists."),
+        "chain": Param(
+            {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'
+        ),
     },  # fmt: skip
     doc_md=__doc__,
 )
 def train_models() -> None:
     @task
     def chosen() -> list[str]:
-        return list(get_current_context()["params"]["models"])
+        return list(chain_params(get_current_context())["models"])
 
     @task(outlets=[MODELS], max_active_tis_per_dag=1)
     def train(model: str) -> dict:
@@ -71,7 +74,7 @@ def train_models() -> None:
         from pipelines.training.api import train_for_run, training_window
 
         context = get_current_context()
-        p = context["params"]
+        p = chain_params(context)
         overrides = dict(p["model_config"].get(model, {}))
         if model == "melu":  # meta-learned on MovieLens-1M's MeLU split, not on the window's impressions
             from pipelines.models.melu import MeLUConfig
@@ -79,7 +82,9 @@ def train_models() -> None:
             from pipelines.training.meta import train_melu
 
             result = train_melu(get_settings(), MeLUConfig(**overrides), epochs=int(p["epochs"]))
-            context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])}
+            context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])} | chain_extra(
+                context
+            )
             return result
         from pipelines.data.contract import Store
         from pipelines.settings import get_settings
@@ -93,7 +98,9 @@ def train_models() -> None:
         train_config = {"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"]}
         result = train_for_run(model, dataset, start, end, model_config | overrides, train_config,
                                reuse=not p["retrain"])  # fmt: skip
-        context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])}
+        context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])} | chain_extra(
+            context
+        )
         return result
 
     train.expand(model=chosen())

@@ -14,7 +14,8 @@ a day exceeds the `threshold` Param, `quarantine_gate` fails after every output 
 `coldstart_clean_logs` Asset that downstream DAGs are scheduled on is not emitted; otherwise the event names
 the validated days. Re-validating a day rewrites the same partitions.
 
-Params: `date`, `end`, `threshold`, `dataset`. CLI twin: `coldstart validate`.
+Params: `date`, `end`, `threshold`, `dataset`, `chain` (Params of the DAGs downstream, handed on through the
+Asset events: `{"train_models": {"epochs": 1}}`). CLI twin: `coldstart validate`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import day_event, run_days
+from pipelines.orchestration import chain_extra, chain_params, day_event, run_days
 
 RAW_LOGS = Asset("coldstart_raw_logs")
 CLEAN_LOGS = Asset("coldstart_clean_logs")
@@ -42,6 +43,9 @@ CLEAN_LOGS = Asset("coldstart_clean_logs")
         "end": Param(None, type=["null", "string"], format="date", description="Last day of a range from `date`."),
         "threshold": Param(0.05, type="number", minimum=0, maximum=1, description="Max quarantined share."),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$", description="Dataset under data/."),
+        "chain": Param(
+            {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'
+        ),
     },
     doc_md=__doc__,
 )
@@ -54,7 +58,7 @@ def validate_logs() -> None:
 
         context = get_current_context()
         dataset, days = run_days(context)
-        return [validate_for_run(dataset, day, float(context["params"]["threshold"])) for day in days]
+        return [validate_for_run(dataset, day, float(chain_params(context)["threshold"])) for day in days]
 
     @task(outlets=[CLEAN_LOGS], retries=0)
     def quarantine_gate(summaries: list[dict]) -> None:
@@ -63,8 +67,10 @@ def validate_logs() -> None:
 
         for summary in summaries:
             enforce_threshold(summary)
+        context = get_current_context()
         days = [dt.date.fromisoformat(s["date"]) for s in summaries]
-        get_current_context()["outlet_events"][CLEAN_LOGS].extra = day_event(summaries[0]["dataset"], days)
+        extra = day_event(summaries[0]["dataset"], days) | chain_extra(context)
+        context["outlet_events"][CLEAN_LOGS].extra = extra
 
     quarantine_gate(validate())
 

@@ -213,8 +213,12 @@ def train(
     poso: Annotated[bool, typer.Option(help="POSO gates.")] = False,
     uie: Annotated[bool, typer.Option(help="UIE enhancement (PLE only).")] = True,
     config: Annotated[str, typer.Option(help="JSON overrides of the model config (unknown keys fail).")] = "{}",
+    retrain: Annotated[bool, typer.Option(help="Train even if this exact version (same key) exists.")] = False,
 ) -> None:
-    """Train models on the point-in-time training set, log to MLflow, register each as `candidate`."""
+    """Train models on the point-in-time training set, log to MLflow, register each as `candidate`.
+
+    A version already trained with the same model, configs, window and data is made `candidate` again instead.
+    """
     from pipelines.training.api import train_for_run
 
     settings = _settings()
@@ -229,7 +233,7 @@ def train(
             continue
         overrides = {"poso": poso, **({"uie": {}} if name == "ple" and uie else {}), **json.loads(config)}
         train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-        result = train_for_run(name, dataset, start.date(), end.date(), overrides, train_cfg)
+        result = train_for_run(name, dataset, start.date(), end.date(), overrides, train_cfg, reuse=not retrain)
         _print_summary(
             f"Trained {name}",
             {

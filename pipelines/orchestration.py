@@ -48,8 +48,37 @@ def day_event(dataset: str, days: list[dt.date]) -> dict[str, Any]:
     return {"dataset": dataset, "date": days[-1].isoformat(), "dates": [d.isoformat() for d in days]}
 
 
+def _events(context: dict[str, Any]) -> list[Any]:
+    return [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
+
+
+def chain_params(context: dict[str, Any]) -> dict[str, Any]:
+    """The run's Params, with the overrides the run that started the chain set for this DAG.
+
+    A run started by hand sets its ``chain`` Param, e.g. ``{"train_models": {"epochs": 1}, "evaluate_models":
+    {"n_bootstrap": 50}}``; every DAG hands it on in its Asset events, and each downstream DAG applies its own
+    entry, checked against its Param definitions (an unknown Param or a value its schema refuses fails the task).
+    """
+    params = dict(context["params"])
+    dag = context["dag"]
+    for event in _events(context):
+        for key, value in ((event.extra or {}).get("chain") or {}).get(dag.dag_id, {}).items():
+            if key not in dag.params:
+                raise ValueError(f"chain override {dag.dag_id}.{key}: {dag.dag_id} has no such Param")
+            dag.params.get_param(key).resolve(value=value)  # raises ParamValidationError with the reason
+            params[key] = value
+    return params
+
+
+def chain_extra(context: dict[str, Any]) -> dict[str, Any]:
+    """What an Asset event hands on downstream: the ``chain`` overrides this run got (Param or upstream event)."""
+    chain = context["params"].get("chain") or next(
+        ((e.extra or {}).get("chain") for e in _events(context) if (e.extra or {}).get("chain")), None
+    )
+    return {"chain": chain} if chain else {}
+
+
 def run_models(context: dict[str, Any]) -> list[str]:
     """The models a run works on: those named by the asset events that triggered it, else the `models` Param."""
-    events = [e for es in (context.get("triggering_asset_events") or {}).values() for e in es]
-    models = sorted({(e.extra or {}).get("model") for e in events} - {None})
-    return models or list(context["params"]["models"])
+    models = sorted({(e.extra or {}).get("model") for e in _events(context)} - {None})
+    return models or list(chain_params(context)["models"])

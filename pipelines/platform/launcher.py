@@ -138,7 +138,8 @@ def platform_environ(settings: Settings) -> dict[str, str]:
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{settings.airflow_db_url}",
             # The broker's keys under the platform's own prefix: one Redis can serve several platforms.
             "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{settings.feast_project}:celery:",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            # Tasks per worker (training is CPU-bound): set the variable to change it.
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "2"),
         }
     return env
 

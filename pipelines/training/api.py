@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,8 @@ def train_model(
             mlflow.log_metric("uie_user_centroid_entropy", net.uie.user_memory.usage_entropy())
         example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True)
         version = log_and_register(net, model, resolved, encoder, example, registered_name(model))
+    # The checkpoint only serves to resume a killed run: once the version is registered, a retrain starts afresh.
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return {
         "model": model,
         "run_id": run.info.run_id,

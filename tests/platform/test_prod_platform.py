@@ -1,0 +1,117 @@
+"""The prod profile end to end: Airflow and MLflow on PostgreSQL, the CeleryExecutor with Redis as the broker,
+Feast's online store on Redis (all on 127.0.0.1); the chain on one worker, then a second worker joins."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.platform.client import CHAIN, now
+from pipelines.platform.launcher import add_worker, platform_dir
+from pipelines.serving.promote import staging_record
+
+from .conftest import Platform, chain_conf, running_platform, states
+
+pytestmark = [pytest.mark.prod, pytest.mark.slow]
+
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+SUCCEEDED = re.compile(r"Task execute_workload\[\S+\] succeeded")
+
+
+@pytest.fixture(scope="module")
+def prod_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    import redis
+    import sqlalchemy as sa
+
+    name = f"coldstart_platform_{uuid.uuid4().hex[:8]}"
+    overrides = {"profile": "prod", "postgres_url": f"{PG}/{name}", "redis_url": "redis://127.0.0.1:6379/0",
+                 "feast_project": name}  # fmt: skip
+    # One task per worker at a time, so that two tasks at once need both workers.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__CELERY__WORKER_CONCURRENCY", "1")
+        try:
+            with running_platform(tmp_path_factory.mktemp("prod") / "home", **overrides) as platform:
+                yield platform
+                from pipelines.features.store import get_store
+
+                get_store(platform.settings).teardown()
+        finally:
+            broker = redis.Redis.from_url("redis://127.0.0.1:6379/1")
+            for key in broker.scan_iter(f"{name}:*"):
+                broker.delete(key)
+            broker.close()
+            admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for db in (name, f"{name}_airflow"):
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def worker_log(platform: Platform, n: int) -> Path:
+    return platform_dir(platform.settings) / "logs" / f"airflow-worker-{n}.log"
+
+
+def test_the_chain_runs_on_celery_with_postgres_and_redis(prod_platform: Platform) -> None:
+    import mlflow
+    import sqlalchemy as sa
+
+    client, settings = prod_platform.client, prod_platform.settings
+    since = now()
+    client.trigger("validate_logs", chain_conf(prod_platform.days))
+    runs = client.follow(CHAIN, since, expect=CHAIN, timeout=1500)
+    assert states(runs) == {dag: ["success"] for dag in CHAIN}, {d: client.failure(r) for d, rs in runs.items()
+                                                                for r in rs if r["state"] != "success"}  # fmt: skip
+    # Every task went through the broker to the one worker.
+    tasks = sum(len(client.task_instances(dag, r["dag_run_id"])) for dag, rs in runs.items() for r in rs)
+    assert len(SUCCEEDED.findall(worker_log(prod_platform, 1).read_text())) == tasks
+    # Airflow's metadata and MLflow's registry are in PostgreSQL, each in its own database.
+    engine = sa.create_engine(settings.airflow_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM dag_run WHERE state = 'success'")).scalar() >= len(CHAIN)
+    engine.dispose()
+    assert settings.mlflow_tracking_uri.startswith("postgresql")
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    staging = mlflow.MlflowClient().get_model_version_by_alias("coldstart_esmm", "staging")
+    assert staging_record(settings, "esmm")["version"] == str(staging.version)
+    # Feast's online store is Redis: what the chain materialized answers a lookup by id.
+    import pandas as pd
+
+    from pipelines.features.compute import FeatureLayout
+    from pipelines.features.store import get_store, online_features
+
+    activity = pd.read_parquet(
+        FeatureLayout.for_dataset(settings.home, "sim").path("user_activity", prod_platform.days[-1])
+    )
+    user = int(activity["user_id"].iloc[0])
+    got = online_features(get_store(settings), "esmm_v1", user_id=user)
+    assert got["values"]["view_count"] == [activity["view_count"].iloc[0]], got
+
+
+def test_a_second_worker_joins_and_tasks_spread_over_both(prod_platform: Platform) -> None:
+    client = prod_platform.client
+    first = worker_log(prod_platform, 1)
+    offset = len(first.read_text())
+    assert add_worker(prod_platform.settings) == "airflow-worker-2"
+    since = now()
+    days = prod_platform.days
+    # Two runs at once (each its own DAG): two tasks wait at the same time, one per worker.
+    ab = {"start": days[0].isoformat(), "end": days[-1].isoformat(), "high_exposure_threshold": 100}
+    threads = [threading.Thread(target=client.trigger, args=("coldstart_ab_metrics", ab)),
+               threading.Thread(target=client.trigger, args=("validate_logs", chain_conf(days)))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    runs = client.follow((*CHAIN, "coldstart_ab_metrics"), since, expect=("validate_logs", "coldstart_ab_metrics"),
+                         timeout=1200)  # fmt: skip
+    assert all(state == "success" for rs in states(runs).values() for state in rs), states(runs)
+    on_first = len(SUCCEEDED.findall(first.read_text()[offset:]))
+    on_second = len(SUCCEEDED.findall(worker_log(prod_platform, 2).read_text()))
+    tasks = sum(len(client.task_instances(dag, r["dag_run_id"])) for dag, rs in runs.items() for r in rs)
+    assert on_first + on_second == tasks
+    assert on_first > 0 and on_second > 0, (on_first, on_second)
