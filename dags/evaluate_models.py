@@ -117,7 +117,7 @@ def evaluate_models() -> None:
     @task(outlets=[APPROVED], retries=0)
     def promotion_gate(outcome: dict) -> dict:
         """Fail (by design, no retry) when the gate blocked the candidate; else announce it for promotion."""
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         if not outcome["passed"]:
             reasons = "\n  - ".join(outcome["reasons"])

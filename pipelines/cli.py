@@ -598,13 +598,18 @@ def demo(
     first, last = sim_days[0].isoformat(), sim_days[-1].isoformat()
 
     console.rule("validate -> materialize -> train (ESMM, PLE+UIE) -> evaluate -> promote, through the scheduler")
+    # Demo-sized Params for the DAGs downstream, handed on through the Asset events.
+    evaluate = {"n_bootstrap": 100, "max_users": 300}
+    chain = {"train_models": {"models": ["esmm", "ple"], "epochs": 2, "lr": 0.003}, "evaluate_models": evaluate}
     since = now()
-    client.trigger("validate_logs", {"date": first, "end": last}, note="coldstart demo")
+    client.trigger("validate_logs", {"date": first, "end": last, "chain": chain}, note="coldstart demo")
     _print_chain(client, client.follow(CHAIN, since, expect=CHAIN, timeout=3600))
 
     console.rule("MeLU: train_models -> evaluate -> promote")
     since = now()
-    client.trigger("train_models", {"models": ["melu"], "epochs": 8, "model_config": {"melu": {"meta_lr": 0.0005}}},
+    melu = {"models": ["melu"], "epochs": 8, "model_config": {"melu": {"meta_lr": 0.0005}},
+            "chain": {"evaluate_models": evaluate}}  # fmt: skip
+    client.trigger("train_models", melu,
                    note="coldstart demo: MeLU, at a larger meta learning rate than the paper's 5e-5 so that a few "
                    "epochs reach a useful model")  # fmt: skip
     _print_chain(client, client.follow(CHAIN[2:], since, expect=CHAIN[2:4], timeout=3600))

@@ -129,17 +129,19 @@ class AirflowClient:
 
     def follow(self, dag_ids: tuple[str, ...], since: dt.datetime, expect: tuple[str, ...] = (),
                timeout: float = 1800, poll: float = 3) -> dict[str, list[dict]]:  # fmt: skip
-        """Wait until every DAG in ``expect`` has run since ``since`` and none of ``dag_ids`` has a run going or
-        an Asset event waiting (three polls in a row); returns each DAG's runs since then.
+        """Wait until every DAG in ``expect`` has run since ``since`` (or a run failed, which may keep the rest
+        from starting) and none of ``dag_ids`` has a run going or an Asset event waiting, three polls in a row;
+        returns each DAG's runs since then.
 
-        Failed runs do not stop the wait (a blocked gate is an outcome); the caller reads their states.
+        Failed runs are an outcome (a blocked gate), not an error: the caller reads their states.
         """
         deadline, quiet = time.monotonic() + timeout, 0
         while True:
             runs = {dag: self.runs_since(dag, since) for dag in dag_ids}
             busy = any(r["state"] in ACTIVE for rs in runs.values() for r in rs)
             busy |= any(self.queued_asset_events(dag) for dag in dag_ids)
-            missing = [dag for dag in expect if not runs[dag]]
+            failed = any(r["state"] == "failed" for rs in runs.values() for r in rs)
+            missing = [] if failed else [dag for dag in expect if not runs[dag]]
             quiet = 0 if busy or missing else quiet + 1
             if quiet >= 3:
                 return runs

@@ -129,6 +129,8 @@ def platform_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "BENTOML_DO_NOT_TRACK": "true",
+        # MLflow 3's server otherwise forks seven job consumers (~240 MB each) for GenAI jobs the platform never runs.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     if settings.profile == "prod":

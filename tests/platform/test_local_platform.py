@@ -21,7 +21,7 @@ from pipelines.platform.client import CHAIN, now
 from pipelines.serving.bento import serve, stop
 from pipelines.serving.promote import staging_record
 
-from .conftest import Platform, chain_conf, local_state, states
+from .conftest import TEST_CHAIN, Platform, chain_conf, local_state, states
 
 pytestmark = pytest.mark.slow
 
@@ -98,8 +98,8 @@ def test_a_killed_training_task_is_retried_and_the_chain_completes(local_platfor
     checkpoints = settings.home / "checkpoints"
     since = now()
     # The chain's own config, trained again: after the kill it resumes from its checkpoint to the same weights.
-    conf = {"models": ["esmm"], "epochs": 2, "retrain": True, "date": local_platform.days[-1].isoformat(),
-            "chain": {"evaluate_models": {"n_bootstrap": 20}}}  # fmt: skip
+    conf = TEST_CHAIN["train_models"] | {"retrain": True, "date": local_platform.days[-1].isoformat(),
+                                         "chain": {"evaluate_models": TEST_CHAIN["evaluate_models"]}}  # fmt: skip
     run = client.trigger("train_models", conf)
     deadline = time.monotonic() + 600
     while not list(checkpoints.glob("esmm-*/single/last.pt")):  # the first epoch is done: mid-run
