@@ -6,8 +6,9 @@ Run it with (one case per ``--impressions``; the real cases are 1M and 10M impre
 
 Per case, in a fresh ``COLDSTART_HOME`` under ``benchmarks/.work/e2e-<N>/home`` (deleted first):
 
-1. ``coldstart simulate`` in its own process: ``--days D`` (default 7), N/10 users (at least 5,000; the
-   simulator benchmark's sizing), ``--impressions-per-day N // D``, seed 7, from 2026-01-01.
+1. ``coldstart simulate`` in its own process: ``--days D`` (default 7), N / (10 x D) users (at least 5,000: the
+   simulator's default density, about 10 impressions per user a day; ``--per-user-day``),
+   ``--impressions-per-day N // D``, seed 7, from 2026-01-01.
 2. ``coldstart platform up`` on free ports (local profile unless ``COLDSTART_PROFILE`` says otherwise), until
    healthy and every DAG is parsed ("platform start-up").
 3. ``validate_logs`` over every day with a ``chain`` conf (default: train ESMM and PLE for one epoch at batch
@@ -33,7 +34,11 @@ What is measured:
 
 Results go to ``benchmarks/results/platform_e2e_<N>.json`` (with every sample, the exact conf, machine info);
 with ``--repeat`` > 1 every repeat is a fresh case and the table shows medians. The platform is always stopped
-(``platform down``), also on failure or Ctrl-C; a failed run exits non-zero with the failed tasks' log tails.
+(``platform down``), also on failure or Ctrl-C; a failed run exits non-zero with the failed tasks' exceptions and
+log tails, and what was measured up to it still goes to the JSON. A promotion gate that blocks a candidate is a
+failed run: with no champion yet the gate's absolute floors apply (AUC 0.55), which a one-epoch model on a small
+case can miss; pass lower floors for such a case, e.g. ``--chain '{"train_models": {"models": ["esmm", "ple"],
+"epochs": 1, "batch_size": 4096}, "evaluate_models": {"n_bootstrap": 50, "floors": {"ctr:auc": 0, "ctcvr:auc": 0}}}'``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -77,9 +83,13 @@ DEFAULT_CHAIN: dict[str, dict[str, Any]] = {
 SAMPLE_EVERY_S = 0.5
 FOLLOW_SLICE_S = 60  # follow the chain in slices, so that a failed run is reported within a minute
 MB = 2**20
+TASK_TITLE = "airflow worker -- "
 
 
 # ---- memory sampler -------------------------------------------------------------------------------------------
+
+
+Key = tuple[int, int]  # (pid, start time in clock ticks since boot): a process, even if its pid is reused
 
 
 @dataclass
@@ -99,8 +109,24 @@ class Sample:
     t: float  # epoch seconds
     total_mb: float
     largest_mb: float
-    largest: tuple[int, float]  # (pid, create time) of the largest process
+    largest: Key  # the largest process
     processes: int
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time) of every process, from ``/proc/<pid>/stat`` (one cheap pass; psutil's
+    ``children(recursive=True)`` makes the same pass once per root)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    text = stat.read()
+            except OSError:  # gone since the listing
+                continue
+            fields = text[text.rindex(b")") + 2 :].split()  # after the command name: state, ppid, ...
+            out[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return out
 
 
 @dataclass
@@ -110,10 +136,13 @@ class RssSampler:
     settings: Settings
     interval: float = SAMPLE_EVERY_S
     samples: list[Sample] = field(default_factory=list)
-    peaks: dict[tuple[int, float], ProcessPeak] = field(default_factory=dict)
+    peaks: dict[Key, ProcessPeak] = field(default_factory=dict)
     cpu_s: float = 0.0  # the sampler thread's own CPU time
-    _roots: list[psutil.Process] = field(default_factory=list)
+    errors: int = 0  # samples lost to an unexpected error
+    task_names: dict[str, str] = field(default_factory=dict)  # task instance id -> "dag.task[map index]"
+    _roots: list[int] = field(default_factory=list)
     _roots_read: float = 0.0
+    _processes: dict[Key, psutil.Process] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -129,8 +158,10 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(Exception):  # a sampling hiccup must never end the benchmark
+            try:
                 self._sample()
+            except Exception:  # a sampling hiccup must never end the benchmark
+                self.errors += 1
             self.cpu_s = time.thread_time()
             self._stop.wait(self.interval)
 
@@ -139,48 +170,64 @@ class RssSampler:
         roots = []
         for entry in read_state(self.settings)["components"].values():
             with contextlib.suppress(psutil.Error):
-                process = psutil.Process(entry["pid"])
-                if abs(process.create_time() - entry["started"]) <= 1:
-                    roots.append(process)
+                if abs(psutil.Process(entry["pid"]).create_time() - entry["started"]) <= 1:
+                    roots.append(entry["pid"])
         self._roots, self._roots_read = roots, time.monotonic()
 
     def _sample(self) -> None:
         if not self._roots or time.monotonic() - self._roots_read > 5:
             self._read_roots()
         t = time.time()
-        rss: dict[tuple[int, float], float] = {}
-        parent: dict[tuple[int, float], int] = {}
-        by_pid: dict[int, tuple[int, float]] = {}
-        for root in self._roots:
-            with contextlib.suppress(psutil.Error):
-                for process in [root, *root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):
-                        key = (process.pid, process.create_time())
-                        if key in rss:
-                            continue
-                        rss[key] = process.memory_info().rss / MB
-                        parent[key] = process.ppid()
-                        by_pid[process.pid] = key
-                        peak = self.peaks.get(key)
-                        if peak is None:
-                            peak = self.peaks[key] = ProcessPeak(process.pid, _label(process), t, t)
-                        peak.last_seen = t
-                        if rss[key] > peak.rss_mb:
-                            peak.rss_mb = rss[key]
-                            peak.label = _label(process)  # task processes retitle themselves after the fork
+        table = _process_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        pids, queue = set(), [pid for pid in self._roots if pid in table]
+        while queue:  # the roots and all their descendants
+            pid = queue.pop()
+            if pid not in pids:
+                pids.add(pid)
+                queue += children.get(pid, [])
+        rss: dict[int, float] = {}
+        keys: dict[int, Key] = {}
+        for pid in pids:
+            key = (pid, table[pid][1])
+            try:
+                process = self._processes.get(key) or psutil.Process(pid)
+                rss[pid] = process.memory_info().rss / MB
+            except psutil.Error:  # exited since the pass over /proc
+                continue
+            self._processes[key], keys[pid] = process, key
+            peak = self.peaks.get(key)
+            if peak is None:
+                peak = self.peaks[key] = ProcessPeak(pid, _label(process), t, t)
+            elif rss[pid] > 1.1 * peak.rss_mb:
+                peak.label = _label(process)  # task processes retitle themselves after the fork
+            peak.last_seen, peak.rss_mb = t, max(peak.rss_mb, rss[pid])
         if not rss:
             return
+        for key in set(self._processes) - set(keys.values()):
+            del self._processes[key]
         tree = dict(rss)  # each process plus its descendants
-        for key, mb in rss.items():
-            seen, up_key = set(), by_pid.get(parent[key])
-            while up_key is not None and up_key not in seen:
-                seen.add(up_key)
-                tree[up_key] += mb
-                up_key = by_pid.get(parent[up_key])
-        for key, mb in tree.items():
-            self.peaks[key].tree_mb = max(self.peaks[key].tree_mb, mb)
+        for pid, mb in rss.items():
+            ancestor = table[pid][0]
+            for _ in range(64):  # up to a root: its parent is not sampled
+                if ancestor not in tree:
+                    break
+                tree[ancestor] += mb
+                ancestor = table[ancestor][0]
+        for pid, mb in tree.items():
+            self.peaks[keys[pid]].tree_mb = max(self.peaks[keys[pid]].tree_mb, mb)
         largest = max(rss, key=rss.__getitem__)
-        self.samples.append(Sample(t, sum(rss.values()), rss[largest], largest, len(rss)))
+        self.samples.append(Sample(t, sum(rss.values()), rss[largest], keys[largest], len(rss)))
+
+    def name(self, key: Key) -> str:
+        """A process's command line, or the task it ran: LocalExecutor titles a task process ``airflow worker --
+        <task instance id>``."""
+        label = self.peaks[key].label
+        if label.startswith(TASK_TITLE):
+            return self.task_names.get(label.removeprefix(TASK_TITLE).strip(), label)
+        return label
 
     def peak(self, windows: list[tuple[float, float]]) -> dict[str, Any]:
         """Peak summed and single-process RSS over the samples inside any of ``windows`` (epoch seconds)."""
@@ -191,14 +238,14 @@ class RssSampler:
         return {
             "peak_rss_mb": round(max(s.total_mb for s in inside), 1),
             "peak_process_mb": round(top.largest_mb, 1),
-            "peak_process": self.peaks[top.largest].label,
+            "peak_process": self.name(top.largest),
             "samples": len(inside),
         }
 
 
 def _label(process: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
-        return " ".join(process.cmdline())[:160] or process.name()
+        return " ".join(process.cmdline()).strip()[:160] or process.name()
     return "?"
 
 
@@ -257,10 +304,38 @@ def _follow_chain(client: AirflowClient, since: dt.datetime, timeout: float) -> 
             return runs
 
 
+class CaseFailed(RuntimeError):
+    """A case did not complete; ``partial`` holds what was measured up to the failure."""
+
+    def __init__(self, message: str, partial: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
 def _raise_on_failure(client: AirflowClient, runs: list[dict]) -> None:
     failed = [r for r in runs if r["state"] not in ("success", "queued", "running")]
     if failed:
-        raise ChainError("\n\n".join(client.failure(r) for r in failed))
+        raise ChainError("\n\n".join(_failure(client, r) for r in failed))
+
+
+def _failure(client: AirflowClient, run_: dict) -> str:
+    """``client.failure`` plus each failed task's exception: Airflow 3 logs it as a structured ``error_detail``,
+    which the plain-text log tail that ``failure`` shows leaves out."""
+    lines = [client.failure(run_)]
+    for ti in client.task_instances(run_["dag_id"], run_["dag_run_id"]):
+        if ti["state"] != "failed":
+            continue
+        path = (
+            f"/dags/{ti['dag_id']}/dagRuns/{quote(ti['dag_run_id'], safe='')}/taskInstances/{ti['task_id']}"
+            f"/logs/{max(ti['try_number'], 1)}"
+        )
+        with contextlib.suppress(httpx.HTTPError):
+            content = client.call("GET", path, map_index=ti["map_index"], full_content="true").get("content")
+            for message in content if isinstance(content, list) else []:
+                for error in (message.get("error_detail") or []) if isinstance(message, dict) else []:
+                    what = f"{error.get('exc_type')}: {error.get('exc_value')}"
+                    lines.append(f"  {ti['task_id']}[{ti['map_index']}]: {what}")
+    return "\n".join(lines)
 
 
 def _tasks(client: AirflowClient, run_: dict) -> list[dict]:
@@ -270,13 +345,15 @@ def _tasks(client: AirflowClient, run_: dict) -> list[dict]:
         durations = [ti["duration"]]
         if ti["try_number"] > 1:
             with contextlib.suppress(httpx.HTTPError):
-                path = f"/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/tries"
+                run_id = quote(ti["dag_run_id"], safe="")
+                path = f"/dags/{ti['dag_id']}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/tries"
                 tries = client.call("GET", path, map_index=ti["map_index"])["task_instances"]
                 durations = [t["duration"] for t in tries]
-        label = ti["task_id"] + (f"[{ti.get('rendered_map_index') or ti['map_index']}]" if ti["map_index"] >= 0 else "")
+        label = _task_label(ti)
         out.append(
             {
                 "task": label,
+                "id": ti["id"],
                 "state": ti["state"],
                 "try_number": ti["try_number"],
                 "pid": ti["pid"],
@@ -290,12 +367,25 @@ def _tasks(client: AirflowClient, run_: dict) -> list[dict]:
     return out
 
 
+def _task_label(ti: dict) -> str:
+    """``task_id``, with ``[map index]`` for a mapped task."""
+    return ti["task_id"] + (f"[{ti.get('rendered_map_index') or ti['map_index']}]" if ti["map_index"] >= 0 else "")
+
+
+def _name_task_processes(sampler: RssSampler, client: AirflowClient, runs: list[dict]) -> None:
+    """Let the sampler name task processes after their tasks (``dag.task[map index]``)."""
+    for run_ in runs:
+        for ti in client.task_instances(run_["dag_id"], run_["dag_run_id"]):
+            sampler.task_names[ti["id"]] = f"{ti['dag_id']}.{_task_label(ti)}"
+
+
 def _task_peak(sampler: RssSampler, task: dict) -> float | None:
-    """Peak RSS of a task's process and its children (by pid, seen inside the task's window)."""
-    start, end = _ts(task["start"]), _ts(task["end"])
-    if not task["pid"] or start is None:
-        return None
-    end = end or time.time()
+    """Peak RSS of a task's process and its children: the process titled with the task instance's id, else the one
+    with its pid seen inside its window (the last try)."""
+    found = [p.tree_mb for p in sampler.peaks.values() if p.label == TASK_TITLE + task["id"]]
+    start, end = _ts(task["start"]), _ts(task["end"]) or time.time()
+    if found or not task["pid"] or start is None:
+        return round(max(found), 1) if found else None
     found = [
         p.tree_mb
         for p in sampler.peaks.values()
@@ -310,10 +400,13 @@ def _stage(sampler: RssSampler, client: AirflowClient, dag_runs: list[dict], spa
     for task in tasks:
         task["peak_rss_mb"] = _task_peak(sampler, task)
     wall = sum(b - a for a, b in windows)
+    if not windows:  # nothing finished (a partial result after a failure)
+        return {"runs": len(dag_runs), "states": [r["state"] for r in dag_runs], "tasks": tasks}
     return {
         "runs": len(dag_runs),
         "run_ids": [r["dag_run_id"] for r in dag_runs],
         "run_types": [r["run_type"] for r in dag_runs],
+        "states": [r["state"] for r in dag_runs],
         "wall_s": round(wall, 2),
         "first_start_to_last_end_s": round(max(b for _, b in windows) - min(a for a, _ in windows), 2),
         "queued_to_start_s": [
@@ -329,13 +422,16 @@ def _stage(sampler: RssSampler, client: AirflowClient, dag_runs: list[dict], spa
     }
 
 
-def run_case(impressions: int, days: int, chain: dict, timeout: float, keep: bool) -> dict[str, Any]:
+def run_case(
+    impressions: int, days: int, chain: dict, timeout: float, keep: bool, per_user_day: int = 10
+) -> dict[str, Any]:
     """Simulate, start the platform, run the chain and the A/B readout, measure; always stop the platform."""
     work = HERE / ".work" / f"e2e-{impressions}"
     home = work / "home"
     shutil.rmtree(work, ignore_errors=True)
     home.mkdir(parents=True)
-    users = max(5_000, impressions // 10)
+    # The simulator's default density (14 days x 20,000 users: about 10 impressions per user a day).
+    users = max(5_000, impressions // (per_user_day * days))
     last_day = FIRST_DAY + dt.timedelta(days=days - 1)
     settings = get_settings(home=home, airflow_port=free_port(), mlflow_port=free_port())
     env = {
@@ -367,8 +463,9 @@ def run_case(impressions: int, days: int, chain: dict, timeout: float, keep: boo
         "ab_conf": ab_conf,
         "profile": settings.profile,
         "home": str(home),
+        "load_average_at_start": os.getloadavg(),
     }
-    failed = True
+    failed, since, t_trigger, client = True, None, 0.0, None
     with _environ(env):
         print(f"[{impressions:,}] simulate {' '.join(sim_args)}", flush=True)
         sim_wall, sim_rss, _ = run([COLDSTART, "simulate", *sim_args], {**os.environ})
@@ -416,6 +513,7 @@ def run_case(impressions: int, days: int, chain: dict, timeout: float, keep: boo
             span = chain_end - t_trigger
             windows = [(_ts(r["start_date"]), _ts(r["end_date"])) for r in all_runs]
             ab_end = _ts(ab_run["end_date"])
+            _name_task_processes(sampler, client, [*all_runs, ab_run])
             out["chain"] = {
                 "wall_s": round(span, 2),
                 "observed_until_quiet_s": round(observed_chain, 2),
@@ -433,6 +531,15 @@ def run_case(impressions: int, days: int, chain: dict, timeout: float, keep: boo
                 **sampler.peak([(t_trigger, ab_end)]),
             }
             failed = False
+        except (ChainError, RuntimeError, httpx.HTTPError) as exc:
+            out["error"] = str(exc)
+            if client is not None and since is not None:  # what finished before the failure, for the record
+                with contextlib.suppress(Exception):
+                    partial = {dag: client.runs_since(dag, since) for dag in (*CHAIN, AB_DAG)}
+                    _name_task_processes(sampler, client, [r for rs in partial.values() for r in rs])
+                    out["stages_partial"] = {dag: _stage(sampler, client, rs, None) for dag, rs in partial.items()}
+                    out["chain_partial_peak"] = sampler.peak([(t_trigger, time.time())])
+            raise CaseFailed(str(exc), out) from exc
         finally:
             sampler.stop()
             print(f"[{impressions:,}] platform down", flush=True)
@@ -440,17 +547,19 @@ def run_case(impressions: int, days: int, chain: dict, timeout: float, keep: boo
             out["memory"] = {
                 "sample_every_s": sampler.interval,
                 "sampler_cpu_s": round(sampler.cpu_s, 2),
+                "sampler_errors": sampler.errors,
                 "samples": [
                     [round(s.t, 2), round(s.total_mb, 1), round(s.largest_mb, 1), s.processes] for s in sampler.samples
                 ],
                 "largest_processes": [
                     {
+                        "process": sampler.name(key),
                         "pid": p.pid,
                         "rss_mb": round(p.rss_mb, 1),
                         "with_children_mb": round(p.tree_mb, 1),
-                        "label": p.label,
+                        "command": p.label,
                     }
-                    for p in sorted(sampler.peaks.values(), key=lambda p: -p.rss_mb)[:15]
+                    for key, p in sorted(sampler.peaks.items(), key=lambda kv: -kv[1].rss_mb)[:15]
                 ],
             }
             if keep or failed:
@@ -592,6 +701,7 @@ def main() -> None:
         help=f"validate_logs' `chain` conf (replaces the default {json.dumps(DEFAULT_CHAIN)}).",
     )
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds for the chain (and for the A/B run).")
+    parser.add_argument("--per-user-day", type=int, default=10, help="Impressions per user a day (sets the users).")
     parser.add_argument("--repeat", type=int, default=1, help="Fresh runs per case (the table shows medians).")
     parser.add_argument("--keep", action="store_true", help="Keep benchmarks/.work/e2e-<N> after the run.")
     opts = parser.parse_args()
@@ -608,8 +718,24 @@ def main() -> None:
         runs_: list[dict] = []
         for i in range(opts.repeat):
             try:
-                runs_.append(run_case(n, opts.days, opts.chain, opts.timeout, opts.keep))
-            except (ChainError, RuntimeError) as exc:
+                runs_.append(run_case(n, opts.days, opts.chain, opts.timeout, opts.keep, opts.per_user_day))
+            except CaseFailed as exc:
+                path = results_dir / f"platform_e2e_{n}.json"
+                failure = {
+                    "case": f"{n:,} impressions over {opts.days} days",
+                    "failed_repeat": i + 1,
+                    "error": str(exc),
+                    "machine": machine(),
+                    "runs": [*runs_, exc.partial],
+                }
+                path.write_text(json.dumps(failure, indent=2, default=str))
+                print(
+                    f"\n{n:,} impressions, repeat {i + 1}: FAILED (partial results: {path})\n{exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.exit(1)
+            except RuntimeError as exc:  # the simulator failed: nothing measured
                 print(f"\n{n:,} impressions, repeat {i + 1}: FAILED\n{exc}", file=sys.stderr, flush=True)
                 sys.exit(1)
         table = median_of([rows(r) for r in runs_])

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
             return url.set(database=f"{url.database}_airflow").render_as_string(hide_password=False)
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
+    def environ(self) -> dict[str, str]:
+        """These settings as ``COLDSTART_*`` variables: a child process given them reads the same settings."""
+        return {f"{ENV_PREFIX}{name.upper()}": str(getattr(self, name)) for name in type(self).model_fields}
+
     def airflow_environ(self) -> dict[str, str]:
         """Environment variables that point an Airflow process at this profile (merge into ``os.environ``)."""
         return {

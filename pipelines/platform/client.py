@@ -95,9 +95,18 @@ class AirflowClient:
                 f"/logs/{try_number or max(ti['try_number'], 1)}")  # fmt: skip
         body = self.call("GET", path, map_index=ti.get("map_index", -1), full_content="true")
         content = body.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
-        return str(content)
+        if not isinstance(content, list):
+            return str(content)
+        lines = []
+        for entry in content:
+            if not isinstance(entry, dict):
+                lines.append(str(entry))
+                continue
+            lines.append(str(entry.get("event", "")))
+            # An exception is logged as structured detail, which the UI renders under the event.
+            for error in entry.get("error_detail") or []:
+                lines.append(f"{error.get('exc_type')}: {error.get('exc_value')}")
+        return "\n".join(lines)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 2) -> dict:
         """Until the run is no longer queued or running; returns it."""

@@ -114,6 +114,9 @@ def platform_environ(settings: Settings) -> dict[str, str]:
     needs (executor, execution API address, shared secrets, the simple auth manager's user)."""
     keys = _secrets(settings)
     env = {
+        # Every COLDSTART_* setting, not only what Airflow needs: tasks and later workers must read the settings the
+        # platform was started with, whatever the environment of whoever starts them.
+        **settings.environ(),
         **settings.airflow_environ(),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if settings.profile == "prod" else "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url(settings)}/execution/",
