@@ -77,7 +77,7 @@ FIRST_DAY = dt.date(2026, 1, 1)
 SEED = 7
 AB_DAG = "coldstart_ab_metrics"
 DEFAULT_CHAIN: dict[str, dict[str, Any]] = {
-    "train_models": {"models": ["esmm", "ple"], "epochs": 1, "batch_size": 4096},
+    "train_models": {"models": ["esmm", "ple"], "epochs": 1, "batch_size": 4096, "lr": 0.003},
     "evaluate_models": {"n_bootstrap": 50},
 }
 SAMPLE_EVERY_S = 0.5
