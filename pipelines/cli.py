@@ -36,6 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from httpx import HTTPStatusError  # a REST call Airflow refused (unknown DAG, a conf its Params reject)
+
     from pipelines.data.contract import ContractError, MissingPartitionError
     from pipelines.data.movielens import MovieLensMissingError
     from pipelines.evaluation.api import EvaluationError
@@ -47,7 +49,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     return (SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError,
             EvaluationError, SliceError, PydanticValidationError, PromotionError, PlatformError,
-            ChainError)  # fmt: skip
+            ChainError, HTTPStatusError)  # fmt: skip
 
 
 def _clear_errors(func: F) -> F:

@@ -21,7 +21,7 @@ ACTIVE = {"queued", "running"}
 
 
 class ChainError(RuntimeError):
-    """A run failed, or the chain did not finish in time; the message names the failed tasks and why."""
+    """Airflow cannot be reached or refused the login, a DAG is missing, or the chain did not finish in time."""
 
 
 @dataclass
@@ -34,9 +34,18 @@ class AirflowClient:
     timeout: float = 30
     _token: str | None = field(default=None, repr=False)
 
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return httpx.request(method, url, timeout=self.timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise ChainError(f"cannot reach Airflow at {self.base_url} ({exc}): is the platform up? "
+                             "(`coldstart platform status`)") from None  # fmt: skip
+
     def token(self) -> str:
-        reply = httpx.post(f"{self.base_url}/auth/token", json={"username": self.username, "password": self.password},
-                           timeout=self.timeout)  # fmt: skip
+        reply = self._send("POST", f"{self.base_url}/auth/token",
+                           json={"username": self.username, "password": self.password})  # fmt: skip
+        if reply.status_code in (401, 403):
+            raise ChainError(f"Airflow at {self.base_url} refused the login of {self.username!r}: {reply.text[:200]}")
         reply.raise_for_status()
         self._token = reply.json()["access_token"]
         return self._token
@@ -45,8 +54,8 @@ class AirflowClient:
         """``method /api/v2<path>``; JSON in and out; raises ``httpx.HTTPStatusError`` with the body on failure."""
         for attempt in range(2):
             headers = {"Authorization": f"Bearer {self._token or self.token()}"}
-            reply = httpx.request(method, f"{self.base_url}/api/v2{path}", json=body, params=params or None,
-                                  headers=headers, timeout=self.timeout)  # fmt: skip
+            reply = self._send(method, f"{self.base_url}/api/v2{path}", json=body, params=params or None,
+                               headers=headers)  # fmt: skip
             if reply.status_code == 401 and attempt == 0:  # the token expired: one fresh one
                 self._token = None
                 continue

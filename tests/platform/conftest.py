@@ -34,8 +34,10 @@ class Platform:
 
 
 @contextlib.contextmanager
-def running_platform(home: Path, workers: int = 1, **settings_overrides) -> Iterator[Platform]:
-    """Simulate DAYS into ``home``, `platform up` on free ports, yield; always `platform down`."""
+def running_platform(
+    home: Path, workers: int = 1, days: list[dt.date] = DAYS, users: int = 1500, **settings_overrides
+) -> Iterator[Platform]:
+    """Simulate ``days`` into ``home``, `platform up` on free ports, yield; always `platform down`."""
     settings = get_settings(home=home, airflow_port=free_port(), mlflow_port=free_port(), **settings_overrides)
     env = {"COLDSTART_HOME": str(home), "COLDSTART_PROFILE": settings.profile,
            "COLDSTART_AIRFLOW_PORT": str(settings.airflow_port), "COLDSTART_MLFLOW_PORT": str(settings.mlflow_port),
@@ -43,12 +45,12 @@ def running_platform(home: Path, workers: int = 1, **settings_overrides) -> Iter
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        run_sim(settings.data_dir, days=len(DAYS), users=1500, seed=5)
+        run_sim(settings.data_dir, days=len(days), users=users, seed=5, start_date=days[0])
         try:
             up(settings, workers=workers, timeout=300)
             client = AirflowClient(airflow_url(settings), ADMIN_USER, admin_password(settings))
             client.wait_for_dags(CHAIN)
-            yield Platform(settings, client, DAYS, env)
+            yield Platform(settings, client, days, env)
         finally:
             down(settings)
 

@@ -21,11 +21,10 @@ from urllib.parse import unquote
 import pytest
 
 from pipelines.platform.client import CHAIN, AirflowClient
-from pipelines.platform.launcher import ADMIN_USER, admin_password, airflow_url, down, platform_dir, up
-from pipelines.serving.bento import free_port
-from pipelines.settings import Settings, get_settings
+from pipelines.platform.launcher import ADMIN_USER, admin_password, airflow_url, platform_dir
+from pipelines.settings import Settings
 
-from ..conftest import run_sim
+from .conftest import running_platform
 
 pytestmark = pytest.mark.slow
 
@@ -51,26 +50,11 @@ class UiPlatform:
 @pytest.fixture(scope="module")
 def ui_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiPlatform]:
     """One simulated day, `platform up` on free ports (the DAGs after `validate_logs` paused); always `down`."""
-    home = tmp_path_factory.mktemp("browser") / "home"
-    settings = get_settings(home=home, airflow_port=free_port(), mlflow_port=free_port())
-    env = {"COLDSTART_HOME": str(home), "COLDSTART_PROFILE": settings.profile,
-           "COLDSTART_AIRFLOW_PORT": str(settings.airflow_port),
-           "COLDSTART_MLFLOW_PORT": str(settings.mlflow_port)}  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        run_sim(settings.data_dir, days=1, users=300)
-        try:
-            up(settings, timeout=300)
-            client = AirflowClient(airflow_url(settings), ADMIN_USER, admin_password(settings))
-            client.wait_for_dags(CHAIN)
-            # Only validate_logs runs: its Asset event must not start materialization and training downstream.
-            for dag_id in CHAIN[1:]:
-                client.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
-            client.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
-            yield UiPlatform(settings, client, airflow_url(settings))
-        finally:
-            down(settings)
+    with running_platform(tmp_path_factory.mktemp("browser") / "home", days=[DAY], users=300) as platform:
+        # Only validate_logs runs: its Asset event must not start materialization and training downstream.
+        for dag_id in CHAIN[1:]:
+            platform.client.call("PATCH", f"/dags/{dag_id}", {"is_paused": True})
+        yield UiPlatform(platform.settings, platform.client, airflow_url(platform.settings))
 
 
 @pytest.fixture
