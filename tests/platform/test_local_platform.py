@@ -138,3 +138,23 @@ def test_a_blocked_gate_stops_promotion_and_says_why(local_platform: Platform) -
     assert f"gate blocked esmm v{candidate} (champion v{staging['version']})" in shown, shown[-3000:]
     assert "ctr:auc" in shown and "report:" in shown
     assert staging_record(settings, "esmm") == staging and _alias(local_platform, "staging") == staging["version"]
+
+
+def test_a_failed_smoke_test_leaves_staging_alone(local_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from pipelines.serving.promote import PromotionError, promote
+    from pipelines.training.api import train_for_run
+
+    settings, days = local_platform.settings, local_platform.days
+    record = staging_record(settings, "esmm")
+    for key, value in local_platform.env.items():
+        monkeypatch.setenv(key, value)
+    newer = train_for_run("esmm", "sim", days[0], days[1], {}, {"epochs": 1}, reuse=False)["version"]
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.MlflowClient().set_model_version_tag("coldstart_esmm", newer, "gate", "passed")
+    failing = [{"path": "/rank", "body": {"user_id": 1, "candidates": []}, "status": 200}]
+    with pytest.raises(PromotionError, match="smoke test of coldstart_ranker:.* failed; staging unchanged"):
+        promote(settings, "esmm", newer, smoke=failing)
+    assert _alias(local_platform, "staging") == record["version"] != str(newer)
+    assert staging_record(settings, "esmm") == record
