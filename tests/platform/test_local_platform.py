@@ -124,7 +124,7 @@ def test_a_blocked_gate_stops_promotion_and_says_why(local_platform: Platform) -
     since = now()
     # A model that barely moved from its random start: far worse than the champion.
     conf = {"models": ["esmm"], "epochs": 1, "lr": 1e-7, "date": local_platform.days[-1].isoformat(),
-            "chain": {"evaluate_models": {"n_bootstrap": 20}}}  # fmt: skip
+            "chain": {"evaluate_models": TEST_CHAIN["evaluate_models"]}}  # fmt: skip
     client.trigger("train_models", conf)
     runs = client.follow(CHAIN[2:], since, expect=CHAIN[2:4], timeout=900)
     assert states(runs) == {"train_models": ["success"], "evaluate_models": ["failed"], "promote_bento": []}
