@@ -324,10 +324,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
     """Serve the staging bento of a model on 127.0.0.1 (foreground; token from COLDSTART_API_TOKEN)."""
-    import os
     import subprocess
 
-    from pipelines.serving.bento import bentoml_environ
+    from pipelines.serving.bento import serve_environ
     from pipelines.serving.promote import PromotionError, staging_record
 
     settings = _settings()
@@ -336,7 +335,7 @@ def serve(
         raise PromotionError(f"{model} has no staging bento: promote a version first (coldstart promote {model})")
     args = ["bentoml", "serve", record["bento"], "--host", "127.0.0.1", "--port", str(port), "--api-workers",
             str(workers)]  # fmt: skip
-    raise typer.Exit(subprocess.run(args, env={**os.environ, **bentoml_environ(settings)}).returncode)
+    raise typer.Exit(subprocess.run(args, env=serve_environ(settings, record["bento"])).returncode)
 
 
 @app.command()

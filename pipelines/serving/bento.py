@@ -138,13 +138,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_environ(settings: Settings, bento: str) -> dict[str, str]:
+    """Environment of ``bentoml serve <bento>``: the service module reads its model tag from
+    ``COLDSTART_BENTO_MODEL`` when it is imported, at build time and again when served, so serving pins it to the
+    model the bento was built with (an inherited value would load another model)."""
+    import yaml
+
+    name, _, version = bento.partition(":")
+    path = settings.home / "bentoml" / "bentos" / name / version / "bento.yaml"
+    info = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    tags = [m["tag"] for svc in info.get("services") or [] for m in svc.get("models") or []]
+    env = {**os.environ, **bentoml_environ(settings)}
+    if tags:
+        env["COLDSTART_BENTO_MODEL"] = tags[0]
+    return env
+
+
 def serve(settings: Settings, bento: str, port: int | None = None, token: str | None = None, workers: int = 1,
           timeout: float = 120) -> tuple[subprocess.Popen, str]:  # fmt: skip
     """Start ``bentoml serve <bento>`` on 127.0.0.1; returns the process and its base URL once ready."""
     import httpx
 
     port = port or free_port()
-    env = {**os.environ, **bentoml_environ(settings), "COLDSTART_API_TOKEN": token or ""}
+    env = {**serve_environ(settings, bento), "COLDSTART_API_TOKEN": token or ""}
     log = settings.home / "logs" / f"bento-{bento.replace(':', '-')}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
