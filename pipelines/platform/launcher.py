@@ -267,6 +267,7 @@ def up(settings: Settings, workers: int = 1, timeout: float = 300) -> dict[str, 
         for component in components(settings, workers):
             if component.name not in running:
                 state["components"][component.name] = _start(settings, component, env)
+                _write_state(settings, state)  # at once: `down` must find it even if this process dies now
                 log.info("started %s (pid %s)", component.name, state["components"][component.name]["pid"])
         _write_state(settings, state)
         wait_healthy(settings, timeout)
