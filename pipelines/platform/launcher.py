@@ -131,6 +131,7 @@ def platform_environ(settings: Settings) -> dict[str, str]:
         # Two cores: a few tasks at a time (training tasks are CPU-bound and run one model at a time anyway).
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "BENTOML_HOME": str(settings.home / "bentoml"),  # the store promote_bento builds into, as in compose
         "BENTOML_DO_NOT_TRACK": "true",
         # MLflow 3's server otherwise forks seven job consumers (~240 MB each) for GenAI jobs the platform never runs.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
