@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import Settings
+from pipelines.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,12 @@ def _start(settings: Settings, component: Component, env: dict[str, str]) -> dic
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{component.name}.log"
     with log_path.open("ab") as out:
+        # The caller's COLDSTART_* variables stay out (a serving knob such as COLDSTART_RANKER_FEATURES left in a
+        # shell or a test session would change what the platform's tasks do): the platform's settings are `env`.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         process = subprocess.Popen(
             component.argv,
-            env={**os.environ, **env},
+            env={**inherited, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
