@@ -297,8 +297,8 @@ def add_worker(settings: Settings, timeout: float = 120) -> str:
 
 def _worker_ready(settings: Settings, n: int) -> bool:
     log_path = platform_dir(settings) / "logs" / f"airflow-worker-{n}.log"
-    return log_path.is_file() and f"worker{n}@" in log_path.read_text(errors="replace") and " ready." in (
-        log_path.read_text(errors="replace"))  # fmt: skip
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    return f"worker{n}@" in text and " ready." in text
 
 
 def health(settings: Settings) -> dict[str, str]:

@@ -39,9 +39,7 @@ def running_platform(
 ) -> Iterator[Platform]:
     """Simulate ``days`` into ``home``, `platform up` on free ports, yield; always `platform down`."""
     settings = get_settings(home=home, airflow_port=free_port(), mlflow_port=free_port(), **settings_overrides)
-    env = {"COLDSTART_HOME": str(home), "COLDSTART_PROFILE": settings.profile,
-           "COLDSTART_AIRFLOW_PORT": str(settings.airflow_port), "COLDSTART_MLFLOW_PORT": str(settings.mlflow_port),
-           **{f"COLDSTART_{k.upper()}": str(v) for k, v in settings_overrides.items()}}  # fmt: skip
+    env = settings.environ()
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
