@@ -1,4 +1,5 @@
-"""Offline metrics with bootstrap confidence intervals: scikit-learn computes every metric, scipy resamples.
+"""Offline metrics with bootstrap confidence intervals: scikit-learn computes every point estimate, scipy resamples
+(each resample's AUC, logloss and calibration come from :class:`WeightedRows`, equal to sklearn's with weights).
 
 Binary tasks (CTR, CVR, CTCVR): AUC, GAUC (per-user AUC averaged with impression weights over users who have
 both outcomes), logloss, calibration (mean predicted / observed rate), count and positive rate. Confidence
@@ -40,6 +41,42 @@ def _point(y: np.ndarray, p: np.ndarray) -> list[float]:
         float(log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1])),
         float(p.mean() / observed) if observed > 0 else math.nan,
     ]
+
+
+class WeightedRows:
+    """AUC, logloss and calibration of one score vector on reweighted copies of fixed rows, in O(n) each.
+
+    A bootstrap resample of the rows is the rows weighted by how often each was drawn. The scores are sorted
+    once, so each resample's AUC is a weighted Mann–Whitney sum over the sorted order (tied scores count one
+    half, as in ``roc_auc_score``) instead of a fresh sort and sklearn's input checks: at 1.4M rows this is
+    what makes 50 resamples of every slice affordable. Equal to ``roc_auc_score`` / ``log_loss`` with
+    ``sample_weight`` (tested).
+    """
+
+    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
+        y = np.asarray(y, dtype=np.float64)
+        p = np.asarray(p, dtype=np.float64)
+        self.order = np.argsort(p, kind="stable")
+        ranked = p[self.order]
+        self.groups = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # first row of each tie group
+        self.positive = y[self.order] > 0
+        clipped = np.clip(p, EPS, 1 - EPS)
+        self.loss = -(y * np.log(clipped) + (1 - y) * np.log1p(-clipped))
+        self.y, self.p = y, p
+
+    def values(self, weights: np.ndarray) -> list[float]:
+        """[AUC, logloss, calibration] with row ``i`` counted ``weights[i]`` times."""
+        total = weights.sum()
+        if total <= 0:
+            return [math.nan] * 3
+        ranked = weights[self.order]
+        pos = np.add.reduceat(np.where(self.positive, ranked, 0.0), self.groups)
+        neg = np.add.reduceat(np.where(self.positive, 0.0, ranked), self.groups)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        auc = float((pos * (np.cumsum(neg) - neg / 2)).sum() / (n_pos * n_neg)) if n_pos and n_neg else math.nan
+        observed = (weights * self.y).sum() / total
+        calibration = float((weights * self.p).sum() / total / observed) if observed > 0 else math.nan
+        return [auc, float((weights * self.loss).sum() / total), calibration]
 
 
 def user_aucs(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> pd.DataFrame:
@@ -105,15 +142,18 @@ def binary_report(
     points = [_point(y, p) for p in ps]
     boot = None
     if enough and n_bootstrap > 0:
+        rows = [WeightedRows(y, p) for p in ps]
 
-        def statistic(yy, *pp):
-            values = [_point(yy, p) for p in pp]
+        def statistic(drawn):
+            weights = np.bincount(drawn, minlength=len(y)).astype(np.float64)
+            values = [r.values(weights) for r in rows]
             flat = [v for vs in values for v in vs]
-            if len(pp) == 2:
+            if len(rows) == 2:
                 flat += [a - b for a, b in zip(values[0], values[1], strict=True)]
             return np.array(flat)
 
-        boot = _bootstrap((y, *ps), statistic, n_bootstrap, seed)
+        # Resampling the row indices is exactly scipy's paired bootstrap of (y, *scores).
+        boot = _bootstrap((np.arange(len(y)),), statistic, n_bootstrap, seed)
     per_user = [user_aucs(y, p, users) for p in ps] if enough else []
     gboot = None
     if enough and n_bootstrap > 0 and len(per_user[0]) >= 2:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipelines.data.contract import Store
 from pipelines.features.store import get_store
-from pipelines.features.training_set import build_training_set
+from pipelines.features.training_set import build_training_set, view_joins
 from pipelines.models import RANKERS
 from pipelines.settings import Settings, get_settings, use_mlflow_experiment
 from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder
@@ -80,7 +80,12 @@ def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     last = days.max()
     if days.nunique() < 2:
         raise ValueError("training needs at least two days: the last one is the validation day")
-    return frame[days < last], frame[days == last]
+    is_last = (days == last).to_numpy()
+    first_of_last = int(is_last.argmax())
+    if not is_last[first_of_last:].all():  # not ordered by time: boolean masks (copies)
+        return frame[~is_last], frame[is_last]
+    # ordered (as build_training_set returns it): two slices, no copy of a multi-GB frame
+    return frame.iloc[:first_of_last], frame.iloc[first_of_last:]
 
 
 def train_model(
@@ -246,7 +251,10 @@ def train_for_run(
         final = {k.removeprefix("final_"): v for k, v in metrics.items() if k.startswith("final_")}
         return {"model": model, "run_id": existing.run_id, "registered_model": existing.name,
                 "version": str(existing.version), "reused": True, "training_key": key, "metrics": final}  # fmt: skip
-    frame = build_training_set(get_store(settings, dataset), data, start, end, service)
+    store = get_store(settings, dataset)
+    # only what the model reads (the encoder's columns): the keyword and category lists stay out of memory
+    features = [f for view in view_joins(store, service) for f in view.features if f in INPUT_COLUMNS]
+    frame = build_training_set(store, data, start, end, service, features)
     result = train_model(settings, model, frame, model_config, train_config, lineage)
     return result | {"rows": int(len(frame)), "positive_rate": float(np.mean(frame["click"])), "reused": False,
                      "training_key": key}  # fmt: skip

@@ -15,11 +15,14 @@ Choices (recorded in the encoder, which is saved with every model):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from pipelines.models.base import InputSpec
@@ -48,6 +51,32 @@ def _key(value) -> str:
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
+def _arrow_lists(column: pd.Series) -> pa.ListArray | None:
+    """The Arrow list array behind an ``ArrowDtype`` list column (what training sets carry), else None."""
+    if isinstance(column.dtype, pd.ArrowDtype) and pa.types.is_list(column.dtype.pyarrow_dtype):
+        values = column.array._pa_array  # noqa: SLF001  (the public route, to_numpy, makes one object per row)
+        return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return None
+
+
+def _list_lengths(lists: pa.ListArray) -> np.ndarray:
+    return pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+
+
+def list_matrix(column: pd.Series, dim: int, dtype=np.float32) -> np.ndarray:
+    """Rows of fixed-length vectors (numpy arrays, lists or an Arrow list column) as an ``(n, dim)`` matrix;
+    a missing vector is zeros."""
+    lists = _arrow_lists(column)
+    if lists is not None:
+        lengths = _list_lengths(lists)
+        if ((lengths == dim) | (lengths == 0)).all():
+            out = np.zeros((len(column), dim), dtype=dtype)
+            out[lengths == dim] = lists.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            return out
+    zero = np.zeros(dim, dtype=dtype)
+    return np.stack([np.asarray(v, dtype=dtype) if isinstance(v, np.ndarray | list) else zero for v in column])
+
+
 @dataclass
 class FeatureEncoder:
     """Vocabularies and scalers fitted on the training frame."""
@@ -63,26 +92,37 @@ class FeatureEncoder:
     def fit(cls, frame: pd.DataFrame, seq_len: int = 20) -> FeatureEncoder:
         enc = cls(seq_len=seq_len)
         for column in SPARSE:
-            values = {_key(v) for v in frame[column].dropna()} if column in frame else set()
+            values = {_key(v) for v in pd.unique(frame[column].dropna())} if column in frame else set()
             enc.vocab[column] = {v: i + 1 for i, v in enumerate(sorted(values))}
-        vectors = frame["content_vector"].dropna() if "content_vector" in frame else pd.Series([], dtype=object)
-        enc.content_dim = len(vectors.iloc[0]) if len(vectors) else 0
-        raw = enc._dense_raw(frame)
-        enc.dense = list(raw.columns)
-        enc.mean = raw.mean().fillna(0).tolist()
-        enc.std = raw.std().replace(0, 1).fillna(1).tolist()
+        if "content_vector" in frame:
+            vectors = frame["content_vector"].dropna()
+            enc.content_dim = len(vectors.iloc[0]) if len(vectors) else 0
+        for name, values in enc._dense_raw(frame):
+            enc.dense.append(name)
+            present = values[~np.isnan(values)]
+            mean = float(present.mean()) if len(present) else 0.0
+            std = float(present.std(ddof=1)) if len(present) > 1 else 1.0
+            enc.mean.append(mean)
+            enc.std.append(std if std > 0 else 1.0)
         return enc
 
-    def _dense_raw(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _dense_raw(self, frame: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, float64 values) of every dense column ``frame`` has, in the encoder's order, one at a time
+        (an 8M-row training set never holds all of them twice)."""
         # numpy per column (pandas' clip costs ~1 ms a column, which serving pays on every request)
-        out = {c: np.log1p(np.clip(_floats(frame[c]), 0, None)) for c in COUNTS if c in frame}
-        out |= {c: _floats(frame[c]) for c in RATES if c in frame}
-        out |= {f"missing_{view}": frame[c].isna().astype("float64") for view, c in MISSING_FLAGS.items() if c in frame}
+        for c in COUNTS:
+            if c in frame:
+                yield c, np.log1p(np.clip(_floats(frame[c]), 0, None))
+        for c in RATES:
+            if c in frame:
+                yield c, _floats(frame[c])
+        for view, c in MISSING_FLAGS.items():
+            if c in frame:
+                yield f"missing_{view}", frame[c].isna().to_numpy(dtype="float64")
         if self.content_dim and "content_vector" in frame:
-            zero = np.zeros(self.content_dim)
-            vectors = np.stack([v if isinstance(v, np.ndarray | list) else zero for v in frame["content_vector"]])
-            out |= {f"content_{i}": vectors[:, i] for i in range(self.content_dim)}
-        return pd.DataFrame(out, index=frame.index)
+            vectors = list_matrix(frame["content_vector"], self.content_dim)
+            for i in range(self.content_dim):
+                yield f"content_{i}", vectors[:, i].astype("float64")
 
     def spec(self) -> InputSpec:
         return InputSpec(
@@ -95,37 +135,58 @@ class FeatureEncoder:
             seq_len=self.seq_len,
         )
 
-    def _index(self, column: str, values: pd.Series) -> np.ndarray:
+    def _index(self, column: str, values: pd.Series | np.ndarray) -> np.ndarray:
         """Vocabulary index of each value (0 = unseen or missing); each distinct value is looked up once."""
         vocab = self.vocab[column]
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
         mapped = np.array([vocab.get(_key(v), 0) for v in uniques] + [0], dtype=np.int64)  # code -1 (missing) -> 0
         return mapped[codes]
 
+    def _sequence(self, column: pd.Series) -> np.ndarray:
+        """The recent-click sequence through the item vocabulary, newest first, 0-padded to ``seq_len``."""
+        seq = np.zeros((len(column), self.seq_len), dtype=np.int64)
+        lists = _arrow_lists(column)
+        if lists is not None:
+            lengths = _list_lengths(lists)
+            flat = lists.flatten().to_numpy(zero_copy_only=False)
+            rows = np.repeat(np.arange(len(column)), lengths)
+            slot = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            keep = slot < self.seq_len
+            seq[rows[keep], slot[keep]] = self._index("item_id", flat[keep])
+            return seq
+        items = self.vocab["item_id"]
+        seen: dict[int, list[int]] = {}  # a serving request repeats one user's history on every row
+        for row, history in enumerate(column):
+            if isinstance(history, np.ndarray | list):
+                ids = seen.get(id(history))
+                if ids is None:
+                    ids = seen[id(history)] = [items.get(_key(i), 0) for i in list(history)[: self.seq_len]]
+                seq[row, : len(ids)] = ids
+        return seq
+
     def transform(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Tensors for the models; columns absent from ``frame`` are treated as missing."""
-        frame = frame.copy()
-        for column in [*SPARSE, *COUNTS, *RATES]:
-            if column not in frame:
-                frame[column] = np.nan
-        sparse = np.stack([self._index(c, frame[c]) for c in SPARSE], axis=1)
-        raw = self._dense_raw(frame).reindex(columns=self.dense)
-        dense = ((raw - np.asarray(self.mean)) / np.asarray(self.std)).fillna(0.0).to_numpy(np.float32)
-        views = frame["view_count"].astype("float64").fillna(0).clip(lower=0)
-        is_new = frame["is_new_user"].astype("float64").fillna(1.0)  # no profile yet: treat as new
-        pc = np.stack(
-            [np.log1p(views), is_new, np.log1p(frame["days_since_signup"].astype("float64").fillna(0).clip(lower=0))], 1
+        n = len(frame)
+
+        def floats(c: str) -> np.ndarray:
+            return _floats(frame[c]) if c in frame else np.full(n, np.nan)
+
+        sparse = np.stack([self._index(c, frame[c]) if c in frame else np.zeros(n, np.int64) for c in SPARSE], axis=1)
+        dense = np.zeros((n, len(self.dense)), dtype=np.float32)  # absent or missing: 0, the training mean
+        slots = {name: i for i, name in enumerate(self.dense)}
+        for name, values in self._dense_raw(frame):
+            if name in slots:
+                i = slots[name]
+                dense[:, i] = np.nan_to_num((values - self.mean[i]) / self.std[i], nan=0.0)
+        views = np.clip(np.nan_to_num(floats("view_count"), nan=0.0), 0, None)
+        is_new = np.nan_to_num(floats("is_new_user"), nan=1.0)  # no profile yet: treat as new
+        days = np.clip(np.nan_to_num(floats("days_since_signup"), nan=0.0), 0, None)
+        pc = np.stack([np.log1p(views), is_new, np.log1p(days)], 1)
+        seq = (
+            self._sequence(frame["recent_item_ids"])
+            if "recent_item_ids" in frame
+            else np.zeros((n, self.seq_len), np.int64)
         )
-        seq = np.zeros((len(frame), self.seq_len), dtype=np.int64)
-        if "recent_item_ids" in frame:
-            items = self.vocab["item_id"]
-            seen: dict[int, list[int]] = {}  # a serving request repeats one user's history on every row
-            for row, history in enumerate(frame["recent_item_ids"]):
-                if isinstance(history, np.ndarray | list):
-                    ids = seen.get(id(history))
-                    if ids is None:
-                        ids = seen[id(history)] = [items.get(_key(i), 0) for i in list(history)[: self.seq_len]]
-                    seq[row, : len(ids)] = ids
         user_type = np.where(is_new > 0, 0, np.where(views < 50, 1, 2))
         out = {
             "sparse": torch.from_numpy(sparse),
@@ -137,7 +198,7 @@ class FeatureEncoder:
         }
         for label in LABELS:
             if label in frame:
-                out[label] = torch.from_numpy(frame[label].astype(np.float32).to_numpy())
+                out[label] = torch.from_numpy(frame[label].to_numpy(dtype=np.float32))
         if "click" in out and "conversion" in out:
             illegal = (out["click"] == 0) & (out["conversion"] == 1)
             out["conversion"] = torch.where(illegal, torch.zeros_like(out["conversion"]), out["conversion"])

@@ -176,3 +176,35 @@ def test_per_user_auc_equals_sklearn_per_user_ties_included() -> None:
         assert row["auc"] == pytest.approx(roc_auc_score(y[mask], p[mask]))
         assert row["weight"] == mask.sum()
     assert len(got) == len({u for u in users if 0 < y[users == u].sum() < (users == u).sum()})
+
+
+def test_weighted_rows_equal_sklearn_with_sample_weights_ties_included() -> None:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from pipelines.evaluation.metrics import EPS, WeightedRows
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 3000)
+    p = np.round(np.clip(0.2 * y + rng.random(3000) * 0.8, 0, 1), 2)  # rounded: many ties
+    rows = WeightedRows(y, p)
+    for _ in range(5):
+        w = np.bincount(rng.integers(0, 3000, 3000), minlength=3000).astype(float)
+        auc, logloss, calibration = rows.values(w)
+        assert auc == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-12)
+        assert logloss == pytest.approx(log_loss(y, np.clip(p, EPS, 1 - EPS), sample_weight=w), abs=1e-12)
+        assert calibration == pytest.approx(np.average(p, weights=w) / np.average(y, weights=w))
+
+
+def test_bootstrap_intervals_are_scipys_paired_bootstrap_of_sklearn_metrics() -> None:
+    """The O(n) resampling gives the intervals of resampling (y, scores) together and scoring with sklearn."""
+    from scipy.stats import bootstrap
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 1500)
+    a, b = np.clip(0.3 * y + rng.random(1500) * 0.7, 0, 1), rng.random(1500)
+    out = binary_report(y, {"candidate": a, "champion": b}, rng.integers(0, 50, 1500), n_bootstrap=30, seed=4)
+    reference = bootstrap((y, a, b), lambda yy, aa, bb: roc_auc_score(yy, aa) - roc_auc_score(yy, bb), paired=True,
+                          vectorized=False, n_resamples=30, method="percentile", random_state=4)  # fmt: skip
+    low, high = reference.confidence_interval
+    assert out["delta"]["auc"]["ci"] == pytest.approx([low, high], abs=1e-12)

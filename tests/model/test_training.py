@@ -159,3 +159,27 @@ def test_every_tiny_config_trains_and_registers(name: str, tmp_path: Path) -> No
     settings = get_settings(home=tmp_path / "home")
     result = train_model(settings, name, synthetic_frame(1500), TINY_CONFIGS[name], {"epochs": 1, "batch_size": 256})
     assert result["version"] == "1" and 0.0 <= result["metrics"]["val_auc_ctr"] <= 1.0
+
+
+def test_arrow_list_columns_encode_like_numpy_arrays_in_object_columns() -> None:
+    """Training sets carry list features as Arrow-backed columns; serving sends lists. Same tensors either way."""
+    import pyarrow as pa
+
+    frame = synthetic_frame(500, seed=4)
+    for column in ("content_vector", "recent_item_ids"):  # every 7th row has no vector and no history
+        frame[column] = [None if i % 7 == 0 else v for i, v in enumerate(frame[column])]
+    frame["recent_item_ids"] = [
+        np.resize(frame["item_id"].to_numpy(), 40) if i == 1 else v for i, v in enumerate(frame["recent_item_ids"])
+    ]
+    arrow = frame.copy()
+    for column, kind in (("content_vector", pa.float32()), ("recent_item_ids", pa.int64())):
+        cells = [None if v is None else list(v) for v in frame[column]]
+        arrow[column] = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(cells, pa.list_(kind))), index=frame.index)
+    fitted, from_arrow = FeatureEncoder.fit(frame), FeatureEncoder.fit(arrow)
+    assert fitted.vocab == from_arrow.vocab and fitted.dense == from_arrow.dense
+    np.testing.assert_allclose(fitted.mean, from_arrow.mean, rtol=1e-6)
+    expected, got = fitted.transform(frame), fitted.transform(arrow)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    assert (expected["seq"][1] > 0).all() and (expected["seq"][7] == 0).all()  # 40 ids truncated to seq_len
