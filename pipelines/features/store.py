@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.data.contract import day_bounds
+from pipelines.data.contract import day_bounds, sql_file_list
 from pipelines.features.compute import FeatureLayout
 from pipelines.settings import Settings
 
@@ -107,18 +107,25 @@ def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
 
 
 def materialize_day(
-    store: FeatureStore, layout: FeatureLayout, day: dt.date, overlap: dt.timedelta = MATERIALIZE_OVERLAP
+    store: FeatureStore,
+    layout: FeatureLayout,
+    day: dt.date,
+    overlap: dt.timedelta = MATERIALIZE_OVERLAP,
+    engine: str = "duckdb",
 ) -> tuple[dt.datetime, dt.datetime]:
     """Materialize the snapshots of ``day`` (stamped at its end), re-reading ``overlap`` before for late data.
 
     The window always runs to the newest snapshot computed so far, so re-running an older day (a backfill)
     never puts older values over newer ones: the online store ends in the same state either way.
+
+    Args:
+        engine: ``duckdb`` (default) or ``feast``; see :func:`materialize_window`.
     """
     newest = max([day, *layout.days("user_profile")])
     start = day_bounds(day)[1] - overlap
     end = day_bounds(newest)[1] + dt.timedelta(seconds=1)
     views = [fv.name for fv in store.list_feature_views() if fv.name != "item_content_fv"]
-    store.materialize(start_date=start, end_date=end, feature_views=views)
+    materialize_window(store, views, start, end, engine)
     # Item content is stamped at publish time: cover every publish time in the day's file (the first day's
     # file also holds the items published before the logs start).
     content = layout.path("item_content", day)
@@ -126,8 +133,67 @@ def materialize_day(
         stamps = pq.read_table(content, columns=["event_timestamp"]).column(0)
         if len(stamps):
             first = min(pc.min(stamps).as_py(), start)
-            store.materialize(start_date=first, end_date=end, feature_views=["item_content_fv"])
+            materialize_window(store, ["item_content_fv"], first, end, engine)
     return start, end
+
+
+def materialize_window(
+    store: FeatureStore, views: list[str], start: dt.datetime, end: dt.datetime, engine: str = "duckdb"
+) -> dict[str, int]:
+    """Write the latest row per entity stamped in [start, end] of each view to the online store.
+
+    What ``FeatureStore.materialize`` does, with the offline read done by DuckDB:
+
+    * ``engine="feast"`` calls ``store.materialize``. Its file (Dask) offline store reads every daily file of the
+      source, sorts it, and hashes it by pickling object columns: 73 s of a 1M-impression week went there,
+      13 s to the online store;
+    * ``engine="duckdb"`` (default) selects the same rows with one DuckDB query over the files that can hold
+      them, writes them through ``store.write_to_online_store`` (the same conversion and online-store writer
+      ``materialize`` ends in) and records the interval in the registry, as ``materialize`` does. Tested to
+      leave the online store byte for byte as ``engine="feast"`` does.
+
+    Returns:
+        Rows written per view (``engine="duckdb"``; empty for ``feast``).
+    """
+    if engine == "feast":
+        store.materialize(start_date=start, end_date=end, feature_views=views)
+        return {}
+    if engine != "duckdb":
+        raise ValueError(f"unknown materialization engine {engine!r}; choose duckdb or feast")
+    import duckdb
+
+    written = {}
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for name in views:
+        view = store.get_feature_view(name)
+        source = view.batch_source
+        folder, stamp = Path(source.path), source.timestamp_field
+        if getattr(source, "created_timestamp_column", "") or getattr(source, "field_mapping", {}):
+            raise NotImplementedError(f"{name}: created timestamps and field mappings need engine='feast'")
+        # A file named for day d holds rows stamped at the end of d at the latest: older files cannot match.
+        oldest = start.date() - dt.timedelta(days=1)
+        files = [str(p) for p in sorted(folder.glob("*.parquet"))
+                 if not p.name.startswith(".") and dt.date.fromisoformat(p.stem) >= oldest]  # fmt: skip
+        if files:
+            keys = ", ".join(f'"{c.name}"' for c in view.entity_columns)
+            columns = ", ".join(
+                f'"{c}"' for c in [*(c.name for c in view.entity_columns), stamp, *(f.name for f in view.features)]
+            )
+            table = con.execute(
+                f"SELECT {columns} FROM read_parquet({sql_file_list(files)}, union_by_name = true) "
+                f'WHERE "{stamp}" BETWEEN ? AND ? '
+                f'QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{stamp}" DESC) = 1',
+                [start, end],
+            ).to_arrow_table()
+        else:
+            table = None
+        written[name] = table.num_rows if table is not None else 0
+        if written[name]:
+            store.write_to_online_store(name, table.to_pandas(types_mapper=pd.ArrowDtype))
+        store.registry.apply_materialization(view, store.project, start, end)
+    con.close()
+    return written
 
 
 def online_features(
