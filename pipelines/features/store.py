@@ -180,11 +180,10 @@ def materialize_window(
             columns = ", ".join(
                 f'"{c}"' for c in [*(c.name for c in view.entity_columns), stamp, *(f.name for f in view.features)]
             )
-            table = con.execute(
+            table = con.sql(
                 f"SELECT {columns} FROM read_parquet({sql_file_list(files)}, union_by_name = true) "
-                f'WHERE "{stamp}" BETWEEN ? AND ? '
-                f'QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{stamp}" DESC) = 1',
-                [start, end],
+                f"WHERE \"{stamp}\" BETWEEN TIMESTAMPTZ '{start.isoformat()}' AND TIMESTAMPTZ '{end.isoformat()}' "
+                f'QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{stamp}" DESC) = 1'
             ).to_arrow_table()
         else:
             table = None

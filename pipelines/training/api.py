@@ -43,9 +43,12 @@ def validation_metrics(model, data) -> dict[str, float]:
     import torch
     from sklearn.metrics import roc_auc_score
 
+    from pipelines.training.dataset import batches
+
     model.eval()
-    with torch.no_grad():
-        out = model(data)
+    with torch.no_grad():  # in chunks: one forward over a 1.4M-row day holds GBs of activations
+        parts = [model(batch) for batch in batches(data, 65536)]
+    out = {k: torch.cat([part[k] for part in parts]) for k in ("p_ctr", "p_cvr", "p_ctcvr")}
     click, conv = data["click"].numpy(), data["conversion"].numpy()
     metrics = {}
     if 0 < click.sum() < len(click):
@@ -113,6 +116,11 @@ def train_model(
     train_frame, val_frame = split_by_time(frame)
     encoder = FeatureEncoder.fit(train_frame)
     train, val = encoder.transform(train_frame), encoder.transform(val_frame)
+    rows = {"train_rows": len(train_frame), "val_rows": len(val_frame)}
+    example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True).copy()
+    # Encoded, the frame is not needed: a training set the caller did not keep (train_for_run passes its own)
+    # is freed here, before training (GBs at 10M impressions).
+    del frame, train_frame, val_frame
     resolved = cfg.model_dump()
     import torch
 
@@ -144,13 +152,12 @@ def train_model(
         )
         mlflow.log_dict({"model": resolved, "train": tcfg.model_dump(), "lineage": lineage}, "resolved_config.json")
         mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()} | {"training_key": key})
-        mlflow.log_metrics({"train_rows": len(train_frame), "val_rows": len(val_frame)})
+        mlflow.log_metrics(rows)
         trainer = fit(mlflow.log_metrics)
         final = validation_metrics(net, val)
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
         if getattr(net, "uie", None) is not None:
             mlflow.log_metric("uie_user_centroid_entropy", net.uie.user_memory.usage_entropy())
-        example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True)
         version = log_and_register(net, model, resolved, encoder, example, registered_name(model))
     # The checkpoint only serves to resume a killed run: once the version is registered, a retrain starts afresh.
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -254,7 +261,7 @@ def train_for_run(
     store = get_store(settings, dataset)
     # only what the model reads (the encoder's columns): the keyword and category lists stay out of memory
     features = [f for view in view_joins(store, service) for f in view.features if f in INPUT_COLUMNS]
-    frame = build_training_set(store, data, start, end, service, features)
-    result = train_model(settings, model, frame, model_config, train_config, lineage)
-    return result | {"rows": int(len(frame)), "positive_rate": float(np.mean(frame["click"])), "reused": False,
-                     "training_key": key}  # fmt: skip
+    frames = [build_training_set(store, data, start, end, service, features)]
+    summary = {"rows": int(len(frames[0])), "positive_rate": float(np.mean(frames[0]["click"]))}
+    result = train_model(settings, model, frames.pop(), model_config, train_config, lineage)  # frees it once encoded
+    return result | summary | {"reused": False, "training_key": key}
