@@ -189,7 +189,10 @@ def materialize_window(
             table = None
         written[name] = table.num_rows if table is not None else 0
         if written[name]:
-            store.write_to_online_store(name, table.to_pandas(types_mapper=pd.ArrowDtype))
+            # One chunk per column: Feast 0.67's ingestion of a multi-chunk Arrow-backed frame writes only some
+            # of the rows (found by the parity test). Arrow-backed, so integer features with nulls stay integers.
+            frame = table.combine_chunks().to_pandas(types_mapper=pd.ArrowDtype)
+            store.write_to_online_store(name, frame)
         store.registry.apply_materialization(view, store.project, start, end)
     con.close()
     return written
