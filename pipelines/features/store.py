@@ -139,7 +139,7 @@ def materialize_day(
 
 def materialize_window(
     store: FeatureStore, views: list[str], start: dt.datetime, end: dt.datetime, engine: str = "duckdb"
-) -> dict[str, int]:
+) -> None:
     """Write the latest row per entity stamped in [start, end] of each view to the online store.
 
     What ``FeatureStore.materialize`` does, with the offline read done by DuckDB:
@@ -151,51 +151,38 @@ def materialize_window(
       them, writes them through ``store.write_to_online_store`` (the same conversion and online-store writer
       ``materialize`` ends in) and records the interval in the registry, as ``materialize`` does. Tested to
       leave the online store byte for byte as ``engine="feast"`` does.
-
-    Returns:
-        Rows written per view (``engine="duckdb"``; empty for ``feast``).
     """
     if engine == "feast":
         store.materialize(start_date=start, end_date=end, feature_views=views)
-        return {}
+        return
     if engine != "duckdb":
         raise ValueError(f"unknown materialization engine {engine!r}; choose duckdb or feast")
     import duckdb
 
-    written = {}
+    from pipelines.features.training_set import ViewJoin
+
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for name in views:
         view = store.get_feature_view(name)
-        source = view.batch_source
-        folder, stamp = Path(source.path), source.timestamp_field
-        if getattr(source, "created_timestamp_column", "") or getattr(source, "field_mapping", {}):
-            raise NotImplementedError(f"{name}: created timestamps and field mappings need engine='feast'")
+        source = ViewJoin.of(view)
         # A file named for day d holds rows stamped at the end of d at the latest: older files cannot match.
-        oldest = start.date() - dt.timedelta(days=1)
-        files = [str(p) for p in sorted(folder.glob("*.parquet"))
-                 if not p.name.startswith(".") and dt.date.fromisoformat(p.stem) >= oldest]  # fmt: skip
+        files = source.source_files(since=start.date() - dt.timedelta(days=1))
         if files:
-            keys = ", ".join(f'"{c.name}"' for c in view.entity_columns)
-            columns = ", ".join(
-                f'"{c}"' for c in [*(c.name for c in view.entity_columns), stamp, *(f.name for f in view.features)]
-            )
+            keys = ", ".join(f'"{k}"' for k in source.join_keys)
+            columns = ", ".join(f'"{c}"' for c in [*source.join_keys, source.timestamp_field, *source.features])
+            stamp = source.timestamp_field
             table = con.sql(
                 f"SELECT {columns} FROM read_parquet({sql_file_list(files)}, union_by_name = true) "
                 f"WHERE \"{stamp}\" BETWEEN TIMESTAMPTZ '{start.isoformat()}' AND TIMESTAMPTZ '{end.isoformat()}' "
                 f'QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{stamp}" DESC) = 1'
             ).to_arrow_table()
-        else:
-            table = None
-        written[name] = table.num_rows if table is not None else 0
-        if written[name]:
-            # One chunk per column: Feast 0.67's ingestion of a multi-chunk Arrow-backed frame writes only some
-            # of the rows (found by the parity test). Arrow-backed, so integer features with nulls stay integers.
-            frame = table.combine_chunks().to_pandas(types_mapper=pd.ArrowDtype)
-            store.write_to_online_store(name, frame)
+            if table.num_rows:
+                # One chunk per column: Feast 0.67's ingestion of a multi-chunk Arrow-backed frame writes only
+                # some of the rows (found by the parity test). Arrow-backed, so integer features stay integers.
+                store.write_to_online_store(name, table.combine_chunks().to_pandas(types_mapper=pd.ArrowDtype))
         store.registry.apply_materialization(view, store.project, start, end)
     con.close()
-    return written
 
 
 def online_features(

@@ -11,7 +11,7 @@ Two implementations of the same join:
   per feature view, straight over the views' parquet sources. Which views, features, join keys, TTLs and
   source folders come from the Feast registry, so Feast stays the one definition of the features.
 * :func:`feast_training_set`: Feast's own ``get_historical_features`` (file/Dask offline store), the reference
-  the DuckDB join is tested against (``tests/features/test_training_set.py``). It holds every entity row in
+  the DuckDB join is tested against (``tests/integration/test_features.py``). It holds every entity row in
   pandas, several times over, and at 1M impressions took 117 s against DuckDB's few seconds
   (``benchmarks/README.md``).
 """
@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.contract import Store, sql_file_list
+from pipelines.features.compute import FeatureLayout
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -63,6 +64,29 @@ class ViewJoin:
     source: Path
     timestamp_field: str
 
+    @classmethod
+    def of(cls, view, features: Sequence[str] | None = None, name: str | None = None) -> ViewJoin:
+        """From a Feast ``FeatureView`` (all its features unless ``features`` names some).
+
+        Raises:
+            NotImplementedError: the source has a created-timestamp column or a field mapping (not read here).
+        """
+        source = view.batch_source
+        if getattr(source, "created_timestamp_column", "") or getattr(source, "field_mapping", {}):
+            raise NotImplementedError(f"{view.name}: created timestamps and field mappings are not supported here")
+        return cls(
+            name=name or view.name,
+            join_keys=tuple(c.name for c in view.entity_columns),
+            features=tuple(features if features is not None else (f.name for f in view.features)),
+            ttl=view.ttl or dt.timedelta(0),
+            source=Path(source.path),
+            timestamp_field=source.timestamp_field,
+        )
+
+    def source_files(self, since: dt.date | None = None, until: dt.date | None = None) -> list[str]:
+        """The source's daily files for days in [since, until] (a source folder is a feature table's folder)."""
+        return FeatureLayout(self.source.parent).glob(self.source.name, until=until, since=since)
+
     def files(self, start: dt.date, end: dt.date) -> list[str]:
         """The source's daily files that can match an impression of [start, end].
 
@@ -70,32 +94,15 @@ class ViewJoin:
         00:00``, item content at its publish time), so later files cannot match and, with a TTL, files before
         ``start - ttl - 1 day`` are expired for every row.
         """
-        first = start - self.ttl - dt.timedelta(days=1) if self.ttl else dt.date.min
-        days = sorted(
-            dt.date.fromisoformat(p.stem) for p in self.source.glob("*.parquet") if not p.name.startswith(".")
-        )
-        return [str(self.source / f"{d.isoformat()}.parquet") for d in days if first <= d <= end]
+        return self.source_files(since=start - self.ttl - dt.timedelta(days=1) if self.ttl else None, until=end)
 
 
 def view_joins(store: FeatureStore, service: str) -> list[ViewJoin]:
     """The feature views of ``service`` as :class:`ViewJoin`, in the service's order."""
-    out = []
-    for projection in store.get_feature_service(service).feature_view_projections:
-        view = store.get_feature_view(projection.name)
-        source = view.batch_source
-        if getattr(source, "created_timestamp_column", "") or getattr(source, "field_mapping", {}):
-            raise NotImplementedError(f"{view.name}: created timestamps and field mappings are not supported here")
-        out.append(
-            ViewJoin(
-                name=projection.name_to_use(),
-                join_keys=tuple(c.name for c in view.entity_columns),
-                features=tuple(f.name for f in projection.features),
-                ttl=view.ttl or dt.timedelta(0),
-                source=Path(source.path),
-                timestamp_field=source.timestamp_field,
-            )
-        )
-    return out
+    return [
+        ViewJoin.of(store.get_feature_view(p.name), [f.name for f in p.features], p.name_to_use())
+        for p in store.get_feature_service(service).feature_view_projections
+    ]
 
 
 def _quote(name: str) -> str:
@@ -188,10 +195,10 @@ def build_training_set(
     del parts
     if table.num_rows == 0:
         raise ValueError(f"no clean impressions in {data.dataset!r} between {start} and {end}")
-    return table.to_pandas(types_mapper=_arrow_lists, split_blocks=True, self_destruct=True)
+    return table.to_pandas(types_mapper=_list_dtype, split_blocks=True, self_destruct=True)
 
 
-def _arrow_lists(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
+def _list_dtype(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
     # List cells as numpy arrays cost ~100 bytes of object per cell and row (3.3 GB for PLE's 858k rows);
     # Arrow-backed columns keep them in one buffer. pipelines.training.dataset reads them without copying.
     return pd.ArrowDtype(arrow_type) if pa.types.is_list(arrow_type) else None
