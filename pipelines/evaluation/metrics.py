@@ -1,5 +1,6 @@
-"""Offline metrics with bootstrap confidence intervals: scikit-learn computes every point estimate, scipy resamples
-(each resample's AUC, logloss and calibration come from :class:`WeightedRows`, equal to sklearn's with weights).
+"""Offline metrics with bootstrap confidence intervals: scikit-learn computes every point estimate; the resamples are
+scipy's paired bootstrap (drawn as scipy draws them, see :func:`_row_bootstrap`), and each resample's AUC, logloss
+and calibration come from :class:`WeightedRows`, equal to sklearn's with weights.
 
 Binary tasks (CTR, CVR, CTCVR): AUC, GAUC (per-user AUC averaged with impression weights over users who have
 both outcomes), logloss, calibration (mean predicted / observed rate), count and positive rate. Confidence
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -115,6 +117,25 @@ def _bootstrap(samples: tuple, statistic, n_resamples: int, seed: int):
                          method="percentile", random_state=seed)  # fmt: skip
 
 
+def _row_bootstrap(n: int, statistic, n_resamples: int, seed: int):
+    """scipy's paired percentile bootstrap of ``n`` rows, one resample at a time; ``statistic(drawn indices)``.
+
+    The same draws (scipy's generator for an integer seed is ``RandomState(seed)``; n indices per resample, in
+    order) and the same interval (``scipy.stats.quantile`` of the resample statistics; nan when one is nan) as
+    ``scipy.stats.bootstrap((rows,), paired=True, method="percentile", random_state=seed)``: tested equal. What
+    it leaves out is scipy materialising every resample: at 1.4M held-out rows, a [resamples, n] index array
+    (570 MB for 50) and the gather of the data through it, more than half of an evaluation's bootstrap time.
+    """
+    from scipy.stats import quantile
+
+    rng = np.random.RandomState(seed)
+    with warnings.catch_warnings():  # degenerate resamples (nan) are expected on tiny slices
+        warnings.simplefilter("ignore")
+        theta = np.stack([statistic(rng.randint(0, n, n)) for _ in range(n_resamples)], axis=-1)
+        low, high = np.moveaxis(quantile(theta, np.array([0.025, 0.975]), axis=-1), -1, 0)
+    return SimpleNamespace(confidence_interval=SimpleNamespace(low=low, high=high))
+
+
 def _value(value: float, ci: tuple[float, float] | None = None) -> dict:
     finite = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
     return {"value": finite(value), "ci": [finite(ci[0]), finite(ci[1])] if ci else [None, None]}
@@ -152,8 +173,7 @@ def binary_report(
                 flat += [a - b for a, b in zip(values[0], values[1], strict=True)]
             return np.array(flat)
 
-        # Resampling the row indices is exactly scipy's paired bootstrap of (y, *scores).
-        boot = _bootstrap((np.arange(len(y)),), statistic, n_bootstrap, seed)
+        boot = _row_bootstrap(len(y), statistic, n_bootstrap, seed)
     per_user = [user_aucs(y, p, users) for p in ps] if enough else []
     gboot = None
     if enough and n_bootstrap > 0 and len(per_user[0]) >= 2:

@@ -92,7 +92,8 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         weights = self.dropout(torch.softmax(self.linear(x), dim=-1))  # [B, n]
-        return torch.einsum("bn,bnh->bh", weights, experts)  # [B, h]
+        # a weighted sum over a handful of experts: elementwise, not a batched matmul of [1, n] x [n, h] blocks
+        return (weights.unsqueeze(-1) * experts).sum(dim=1)  # [B, h]
 
 
 class Tower(nn.Module):

@@ -189,14 +189,20 @@ class UIE(nn.Module):
     def _sequence(self, seq: torch.Tensor | None, item: torch.Tensor) -> torch.Tensor:
         if seq is None or seq.shape[1] == 0:
             return item.new_zeros(item.shape[0], self.embedding.dim)
-        history = self._item_embedding(seq)  # [B, L, e]
-        b, length, e = history.shape
-        nearest = self.item_memory.assign(history.reshape(-1, e))
-        clustered = self.item_memory.centroids[nearest].reshape(b, length, e)  # [B, L, e]
-        scores = torch.einsum("ble,be->bl", clustered, item) / math.sqrt(e)
-        scores = scores.masked_fill(seq == 0, float("-inf"))
-        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # empty history -> zeros
-        return torch.einsum("bl,ble->be", weights, clustered)
+        # Nothing here has a gradient (sg() embeddings, centroid buffers), so it is computed per centroid: each
+        # distinct history item is assigned once, scores are item·centroid looked up by assignment, and the
+        # weighted sum of the L clustered vectors is the weights scattered onto the N centroids, times U.
+        # Equal to building the [B, L, e] tensor of clustered history items (tested), without it.
+        with torch.no_grad():
+            ids, inverse = torch.unique(seq, return_inverse=True)
+            nearest = self.item_memory.assign(self._item_embedding(ids))[inverse]  # [B, L] centroid per position
+            centroids = self.item_memory.centroids  # [N, e]
+            e = centroids.shape[1]
+            scores = torch.gather(item @ centroids.T, 1, nearest) / math.sqrt(e)  # [B, L]
+            scores = scores.masked_fill(seq == 0, float("-inf"))
+            weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # empty history -> zeros
+            per_centroid = weights.new_zeros(len(seq), len(centroids)).scatter_add_(1, nearest, weights)  # [B, N]
+            return per_centroid @ centroids  # [B, e]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Auxiliary BCE(click, σ(v_u·v_i)) for the towers (their inputs are stop-gradient embeddings)."""

@@ -66,10 +66,23 @@ def log_and_register(
             input_example=example,
             signature=infer_signature(example, output),
             registered_model_name=registered,
+            pip_requirements=pip_requirements(),
         )  # fmt: skip
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(registered, "candidate", version)
     return version
+
+
+# What loading the pyfunc imports. Named, not inferred: MLflow's inference loads the model in a subprocess
+# (about 10 s a registration) and missed torch.
+RUNTIME_PACKAGES = ("coldstart-platform", "mlflow", "torch", "numpy", "pandas", "pyarrow", "scipy", "cloudpickle")
+
+
+def pip_requirements() -> list[str]:
+    """The installed versions of :data:`RUNTIME_PACKAGES`, pinned."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in RUNTIME_PACKAGES]
 
 
 def plain_lists(frame: pd.DataFrame) -> pd.DataFrame:

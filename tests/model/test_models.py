@@ -188,6 +188,29 @@ def test_uie_aux_loss_leaves_shared_embeddings_alone() -> None:
     assert all(t.weight.grad is None for t in model.encoder.embedding.tables)
 
 
+def test_ucse_per_centroid_equals_attention_over_the_clustered_history() -> None:
+    """UCSE as MODELS.md writes it: replace each history item by its nearest item centroid, attend with the
+    candidate. The model computes it per centroid; both must agree, empty histories (all padding) included."""
+    import math
+
+    model = PLE(SPEC, PLEConfig(expert=[16], tower=[8], uie=UIEConfig(dim=8, item_centroids=6)))
+    uie = model.uie
+    uie.item_memory.warm_start(uie.embedding.tables[SPEC.item_field].weight.detach(), torch.Generator().manual_seed(1))
+    b = batch(32, seed=3)
+    b["seq"][:4] = 0  # no history
+    item = uie._item_embedding(b["sparse"][:, SPEC.item_field])
+    history = uie._item_embedding(b["seq"])  # [B, L, e]
+    nearest = torch.cdist(history.reshape(-1, history.shape[-1]), uie.item_memory.centroids).argmin(dim=1)
+    clustered = uie.item_memory.centroids[nearest].reshape(history.shape)
+    scores = torch.einsum("ble,be->bl", clustered, item) / math.sqrt(history.shape[-1])
+    weights = torch.softmax(scores.masked_fill(b["seq"] == 0, float("-inf")), dim=1).nan_to_num(0.0)
+    expected = torch.einsum("bl,ble->be", weights, clustered)
+    got = uie._sequence(b["seq"], item)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(got[:4], torch.zeros_like(got[:4]))
+    assert not torch.allclose(got[4:], torch.zeros_like(got[4:]))
+
+
 def melu_task(n: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {
