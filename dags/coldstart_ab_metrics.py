@@ -23,6 +23,8 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from pipelines.orchestration import default_args
+
 
 @dag(
     dag_id="coldstart_ab_metrics",
@@ -31,7 +33,7 @@ from airflow.sdk import Param, dag, get_current_context, task
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "experiments", "ab"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "experiment_id": Param("exp_new_item_boost", type="string", description="Experiment to read out."),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$"),

@@ -23,7 +23,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import chain_extra, chain_params, run_models
+from pipelines.orchestration import chain_extra, chain_params, default_args, run_models
 
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")
@@ -57,7 +57,7 @@ def _config(params: dict) -> dict:
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "evaluation", "gate", "mlflow"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "models": Param(
             ["esmm", "ple"],

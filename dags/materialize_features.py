@@ -22,7 +22,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import chain_extra, chain_params, day_event, run_days
+from pipelines.orchestration import chain_extra, chain_params, day_event, default_args, run_days
 
 CLEAN_LOGS = Asset("coldstart_clean_logs")
 FEATURES = Asset("coldstart_features")
@@ -35,7 +35,7 @@ FEATURES = Asset("coldstart_features")
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "features", "feast"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "date": Param(None, type=["null", "string"], format="date", description="Day to featurize (YYYY-MM-DD)."),
         "end": Param(None, type=["null", "string"], format="date", description="Last day of a range from `date`."),

@@ -18,7 +18,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import chain_params, run_models
+from pipelines.orchestration import chain_params, default_args, run_models
 
 APPROVED = Asset("coldstart_approved_models")
 STAGING = Asset("coldstart_staging_bentos")
@@ -32,7 +32,7 @@ CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "serving", "bentoml", "staging"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "models": Param(
             ["esmm"],

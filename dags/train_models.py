@@ -24,7 +24,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import chain_extra, chain_params, run_day
+from pipelines.orchestration import chain_extra, chain_params, default_args, run_day
 
 FEATURES = Asset("coldstart_features")
 MODELS = Asset("coldstart_candidate_models")
@@ -38,7 +38,7 @@ CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "training", "mlflow"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "models": Param(
             ["esmm", "ple"],

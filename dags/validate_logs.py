@@ -24,7 +24,7 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.orchestration import chain_extra, chain_params, day_event, run_days
+from pipelines.orchestration import chain_extra, chain_params, day_event, default_args, run_days
 
 RAW_LOGS = Asset("coldstart_raw_logs")
 CLEAN_LOGS = Asset("coldstart_clean_logs")
@@ -37,7 +37,7 @@ CLEAN_LOGS = Asset("coldstart_clean_logs")
     catchup=False,
     max_active_runs=1,
     tags=["coldstart", "data-quality"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(seconds=30), "owner": "ml-platform"},
+    default_args=default_args(),
     params={
         "date": Param(None, type=["null", "string"], format="date", description="Day to validate (YYYY-MM-DD)."),
         "end": Param(None, type=["null", "string"], format="date", description="Last day of a range from `date`."),

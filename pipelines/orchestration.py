@@ -6,6 +6,18 @@ import datetime as dt
 from typing import Any
 
 
+def default_args() -> dict[str, Any]:
+    """The DAGs' task defaults: two retries, ``COLDSTART_RETRY_DELAY_S`` seconds apart (the setting's default:
+    30). Read from the environment at parse time (the platform hands its settings to the dag-processor), without
+    building the settings: parsing does no I/O."""
+    import os
+
+    from pipelines.settings import ENV_PREFIX, Settings
+
+    delay = os.environ.get(f"{ENV_PREFIX}RETRY_DELAY_S") or Settings.model_fields["retry_delay_s"].default
+    return {"retries": 2, "retry_delay": dt.timedelta(seconds=int(delay)), "owner": "ml-platform"}
+
+
 def run_days(context: dict[str, Any]) -> tuple[str, list[dt.date]]:
     """The dataset and the days (oldest first) a run works on.
 

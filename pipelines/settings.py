@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     feast_project: str = Field("coldstart", description="Feast project name (also the Redis key prefix).")
     airflow_port: int = Field(8080, ge=1, le=65535, description="Port of the Airflow api-server (UI and REST API).")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server (UI and tracking API).")
+    retry_delay_s: int = Field(
+        30, ge=0, description="Seconds before a failed platform task is retried (each task has two retries)."
+    )
     dags_folder: Path = Field(
         Path(__file__).resolve().parents[1] / "dags", description="Folder of the platform's Airflow DAG files."
     )

@@ -70,3 +70,11 @@ def test_models_come_from_the_events_else_the_param(dag) -> None:
     triggering = events({"model": "ple"}, {"model": "esmm"}, {"model": "ple"})
     assert run_models(context({"models": ["melu"]}, triggering, dag=dag)) == ["esmm", "ple"]
     assert run_models(context({"models": ["melu"]}, dag=dag)) == ["melu"]
+
+
+def test_task_retry_delay_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.orchestration import default_args
+
+    assert default_args()["retry_delay"] == dt.timedelta(seconds=30) and default_args()["retries"] == 2
+    monkeypatch.setenv("COLDSTART_RETRY_DELAY_S", "2")
+    assert default_args()["retry_delay"] == dt.timedelta(seconds=2)

@@ -36,6 +36,7 @@ def test_local_profile_runs_the_local_executor_with_every_setting_and_shared_sec
     # Every COLDSTART_* setting reaches the processes, whatever the caller's environment holds.
     assert env["COLDSTART_HOME"] == str(tmp_path) and env["COLDSTART_AIRFLOW_PORT"] == "18123"
     assert env["COLDSTART_POSTGRES_URL"] == settings.postgres_url
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # torch threads of a task sleep, not spin, beside other tasks
     secrets = platform_dir(settings) / "secrets.json"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     assert platform_environ(settings)["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]

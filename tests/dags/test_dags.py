@@ -57,6 +57,7 @@ def test_every_dag_has_tags_retries_and_docs(dagbag) -> None:
         assert dag.tags, dag_id
         assert dag.doc_md, dag_id
         assert dag.default_args.get("retries", 0) >= 2, dag_id
+        assert dag.default_args["retry_delay"] == dt.timedelta(seconds=30), dag_id  # the setting's default
         for task in dag.tasks:
             gate = task.task_id.endswith("_gate")  # gates fail deliberately and must not retry
             assert gate or task.retries >= 2, f"{dag_id}.{task.task_id}"

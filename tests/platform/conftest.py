@@ -38,6 +38,8 @@ def running_platform(
     home: Path, workers: int = 1, days: list[dt.date] = DAYS, users: int = 1500, **settings_overrides
 ) -> Iterator[Platform]:
     """Simulate ``days`` into ``home``, `platform up` on free ports, yield; always `platform down`."""
+    # A killed task's retry comes 2 s later, not the default 30 s (the retry-after-kill test waits for it).
+    settings_overrides = {"retry_delay_s": 2} | settings_overrides
     settings = get_settings(home=home, airflow_port=free_port(), mlflow_port=free_port(), **settings_overrides)
     env = settings.environ()
     with pytest.MonkeyPatch.context() as patch:
