@@ -98,8 +98,34 @@ def plan_and_apply(settings: Settings, dataset: str = "sim", allow_destructive: 
     return changes
 
 
+def import_feast() -> None:
+    """Import Feast without typeguard's instrumentation at import time.
+
+    Feast decorates its classes with typeguard's ``@typechecked``, which re-parses and recompiles a module's source
+    for every decorated function: importing Feast took 11-14 s of every process that used it (each training,
+    evaluation and materialization task; typeguard issue #468). During Feast's own import the decorator lets its
+    target through unchanged, as it does under ``python -O``; it is restored afterwards. What is lost is Feast's
+    run-time check of argument types in these processes, which the feature repository's definitions (checked by
+    ``feast plan`` / ``feast apply`` in their own processes) and the tests cover.
+    """
+    if "feast" in sys.modules:
+        return
+    import typeguard
+
+    def passthrough(target=None, **_options):
+        return target if target is not None else passthrough
+
+    original = typeguard.typechecked
+    typeguard.typechecked = passthrough
+    try:
+        import feast  # noqa: F401
+    finally:
+        typeguard.typechecked = original
+
+
 def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
     """A Python SDK handle on the profile's store (what other teams use)."""
+    import_feast()
     from feast import FeatureStore
 
     os.environ.setdefault("COLDSTART_FEATURE_DATASET", dataset)
