@@ -27,7 +27,6 @@ from pipelines.orchestration import chain_extra, chain_params, default_args, run
 
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")
-EVALUATION_NICENESS = 10
 CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
@@ -108,14 +107,7 @@ def evaluate_models() -> None:
     @task(max_active_tis_per_dag=1)
     def evaluate(model: str) -> dict:
         """Score candidate and champion per slice, write the report, log the MLflow run, record the gate."""
-        import os
-
         from pipelines.evaluation.api import evaluate_for_run
-
-        # Lower CPU priority (this task's process only): a model is evaluated while the next one trains, and the
-        # training is what the rest of the chain waits for. At 10M impressions on two cores, PLE's training with
-        # ESMM's evaluation beside it at equal priority took 534 s; alone it needs about 300.
-        os.nice(EVALUATION_NICENESS)
 
         p = chain_params(get_current_context())
         start = dt.date.fromisoformat(p["start"]) if p["start"] else None
