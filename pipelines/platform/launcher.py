@@ -137,7 +137,8 @@ def platform_environ(settings: Settings) -> dict[str, str]:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # torch's OpenMP threads sleep while they wait instead of spinning. Two training threads beside any other
         # busy process (an evaluation, the scheduler) on two cores spin against each other: PLE+UIE's step took
-        # 3.3x as long as on a quiet machine, against 1.7x passive (and 7 % more when quiet). Set it to override.
+        # 3.1x as long as on a quiet machine, against 1.5x passive (and 7 % more when quiet; see
+        # benchmarks/train_step.py). Set it to override.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
