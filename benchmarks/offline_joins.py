@@ -110,15 +110,21 @@ def prepare(home: Path, impressions: int, env: dict) -> None:
         print(f"prepare: coldstart {step[0]} {wall:.1f} s", flush=True)
 
 
+def prepared_home(impressions: int, home: Path | None) -> tuple[Path, dict]:
+    """The week's home (``home``, default ``.work/offline-<N>``), prepared, and the environment pointing at it."""
+    home = (home or HERE / ".work" / f"offline-{impressions}").resolve()
+    env = {**os.environ, "COLDSTART_HOME": str(home), "COLDSTART_PROFILE": "local"}
+    prepare(home, impressions, env)
+    return home, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impressions", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--home", type=Path)
     args = parser.parse_args()
-    home = (args.home or HERE / ".work" / f"offline-{args.impressions}").resolve()
-    env = {**os.environ, "COLDSTART_HOME": str(home), "COLDSTART_PROFILE": "local"}
-    prepare(home, args.impressions, env)
+    home, env = prepared_home(args.impressions, args.home)
     results = {}
     for name, code in CASES.items():
         runs = []

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from _proc import run
-from offline_joins import prepare
+from offline_joins import prepared_home
 
 HERE = Path(__file__).resolve().parent
 STEP = """
@@ -76,10 +76,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--home", type=Path)
     args = parser.parse_args()
-    home = (args.home or HERE / ".work" / f"offline-{args.impressions}").resolve()
-    env = {**os.environ, "COLDSTART_HOME": str(home), "COLDSTART_PROFILE": "local"}
-    env.pop("OMP_WAIT_POLICY", None)
-    prepare(home, args.impressions, env)
+    _, env = prepared_home(args.impressions, args.home)
+    env.pop("OMP_WAIT_POLICY", None)  # each case sets its own
     results: dict[str, dict[str, float]] = {}
     for busy in (False, True):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
