@@ -188,7 +188,7 @@ def train_and_predict(
     """
     import torch
 
-    from pipelines.training.api import validation_metrics
+    from pipelines.training.api import output_aucs
     from pipelines.training.registry import build_ranker
     from pipelines.training.trainer import EarlyStopping, TrainConfig, Trainer
 
@@ -197,7 +197,7 @@ def train_and_predict(
     net = build_ranker(name, enc.encoder, model_config)
     start = time.perf_counter()
     callbacks = [EarlyStopping()] if callbacks is None else callbacks
-    state = Trainer(net, tcfg, callbacks, validation_metrics).fit(enc.train, enc.val)
+    state = Trainer(net, tcfg, callbacks, output_aucs).fit(enc.train, enc.val)
     seconds = time.perf_counter() - start
     net.eval()
     with torch.no_grad():

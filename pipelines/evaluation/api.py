@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.data.contract import Store
 from pipelines.evaluation.gate import GateConfig, decide
-from pipelines.evaluation.metrics import binary_report, oracle_gap, rating_report
+from pipelines.evaluation.metrics import WeightedRows, binary_report, oracle_gap, rating_report
 from pipelines.evaluation.report import write_report
 from pipelines.evaluation.slices import SliceConfig, annotate, cold_slices, slice_masks
 from pipelines.settings import Settings, get_settings, use_mlflow_experiment
@@ -162,14 +162,12 @@ def _entire_space_cvr(frame: pd.DataFrame, mask: np.ndarray, scores: dict, seed:
     Only a simulator can do this: the label "would have converted had it been clicked" exists for every
     impression there. It measures what ESMM claims to fix, the sample selection bias of clicked-only training.
     """
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(seed)
     labels = rng.random(len(frame)) < frame["true_cvr"].to_numpy()
     labels = labels[mask]
     if labels.all() or not labels.any():
         return {}
-    return {f"entire_space_auc_{who}": float(roc_auc_score(labels, s["p_cvr"].to_numpy()[mask]))
+    return {f"entire_space_auc_{who}": WeightedRows(labels, s["p_cvr"].to_numpy()[mask]).point()[0]
             for who, s in scores.items()}  # fmt: skip
 
 

@@ -1,6 +1,8 @@
-"""Offline metrics with bootstrap confidence intervals: scikit-learn computes every point estimate; the resamples are
-scipy's paired bootstrap (drawn as scipy draws them, see :func:`_row_bootstrap`), and each resample's AUC, logloss
-and calibration come from :class:`WeightedRows`, equal to sklearn's with weights.
+"""Offline metrics with bootstrap confidence intervals. AUC, logloss and calibration come from :class:`WeightedRows`:
+the point estimate with every row counted once, each resample of scipy's paired bootstrap (drawn as scipy draws
+them, see :func:`_row_bootstrap`) with rows counted as often as drawn; both are tested equal to scikit-learn's
+``roc_auc_score`` / ``log_loss`` (with ``sample_weight``). GAUC comes from per-user rank sums (:func:`user_aucs`,
+tested equal to ``roc_auc_score`` per user); MAE, RMSE and nDCG from scikit-learn.
 
 Binary tasks (CTR, CVR, CTCVR): AUC, GAUC (per-user AUC averaged with impression weights over users who have
 both outcomes), logloss, calibration (mean predicted / observed rate), count and positive rate. Confidence
@@ -21,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap
-from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, ndcg_score, roc_auc_score
+from sklearn.metrics import mean_absolute_error, mean_squared_error, ndcg_score
 
 BINARY_METRICS = ("auc", "gauc", "logloss", "calibration", "positive_rate")
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "calibration": None, "mae": False, "rmse": False,
@@ -29,20 +31,9 @@ HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "calibration": 
 EPS = 1e-7
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
-
-
 def _point(y: np.ndarray, p: np.ndarray) -> list[float]:
-    """AUC, logloss, calibration of one score vector."""
-    if len(y) == 0:
-        return [math.nan] * 3
-    observed = y.mean()
-    return [
-        _auc(y, p),
-        float(log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1])),
-        float(p.mean() / observed) if observed > 0 else math.nan,
-    ]
+    """AUC, logloss, calibration of one score vector (AUC nan without both classes)."""
+    return WeightedRows(y, p).point() if len(y) else [math.nan] * 3
 
 
 class WeightedRows:
@@ -58,6 +49,8 @@ class WeightedRows:
     def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
         y = np.asarray(y, dtype=np.float64)
         p = np.asarray(p, dtype=np.float64)
+        if not np.isfinite(p).all():  # sklearn's check: a NaN score would sort silently and give a wrong AUC
+            raise ValueError(f"scores contain {int((~np.isfinite(p)).sum())} NaN or infinite values")
         self.order = np.argsort(p, kind="stable")
         ranked = p[self.order]
         self.groups = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # first row of each tie group
@@ -79,6 +72,11 @@ class WeightedRows:
         observed = (weights * self.y).sum() / total
         calibration = float((weights * self.p).sum() / total / observed) if observed > 0 else math.nan
         return [auc, float((weights * self.loss).sum() / total), calibration]
+
+    def point(self) -> list[float]:
+        """[AUC, logloss, calibration] of the rows as they are: ``roc_auc_score``'s and ``log_loss``'s values,
+        without their input checks and second sort (0.9 s a call at 1.4M rows against 0.07 s)."""
+        return self.values(np.ones(len(self.y)))
 
 
 def user_aucs(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> pd.DataFrame:
@@ -160,10 +158,10 @@ def binary_report(
     positives = int(y.sum())
     out: dict = {"count": int(len(y)), "positives": positives, "positive_rate": positives / len(y) if len(y) else None}
     enough = min(positives, len(y) - positives) >= min_positives
-    points = [_point(y, p) for p in ps]
+    rows = [WeightedRows(y, p) for p in ps] if len(y) else []
+    points = [r.point() for r in rows] if rows else [[math.nan] * 3 for _ in ps]
     boot = None
     if enough and n_bootstrap > 0:
-        rows = [WeightedRows(y, p) for p in ps]
 
         def statistic(drawn):
             weights = np.bincount(drawn, minlength=len(y)).astype(np.float64)

@@ -39,16 +39,22 @@ def registered_name(model: str) -> str:
 
 
 def validation_metrics(model, data) -> dict[str, float]:
-    """AUCs on the validation day: CTR and CTCVR over all impressions, CVR over clicked ones (scikit-learn)."""
+    """AUCs of ``model`` on the validation day (see :func:`output_aucs`)."""
     import torch
-    from sklearn.metrics import roc_auc_score
 
     from pipelines.training.dataset import batches
+    from pipelines.training.trainer import VALIDATION_CHUNK
 
     model.eval()
     with torch.no_grad():  # in chunks: one forward over a 1.4M-row day holds GBs of activations
-        parts = [model(batch) for batch in batches(data, 65536)]
-    out = {k: torch.cat([part[k] for part in parts]) for k in ("p_ctr", "p_cvr", "p_ctcvr")}
+        parts = [model(batch) for batch in batches(data, VALIDATION_CHUNK)]
+    return output_aucs({k: torch.cat([part[k] for part in parts]) for k in ("p_ctr", "p_cvr", "p_ctcvr")}, data)
+
+
+def output_aucs(out, data) -> dict[str, float]:
+    """AUCs from a model's outputs: CTR and CTCVR over all impressions, CVR over clicked ones (scikit-learn)."""
+    from sklearn.metrics import roc_auc_score
+
     click, conv = data["click"].numpy(), data["conversion"].numpy()
     metrics = {}
     if 0 < click.sum() < len(click):
@@ -135,7 +141,7 @@ def train_model(
 
     def fit(sink) -> Trainer:
         callbacks = [EarlyStopping(), LogMetrics(sink)] + ([Checkpoint(checkpoints)] if rank == 0 else [])
-        trainer = Trainer(net, tcfg, callbacks, validation_metrics)
+        trainer = Trainer(net, tcfg, callbacks, output_aucs)
         if (checkpoints / "last.pt").is_file():
             log.info("resuming %s from %s", model, checkpoints)
             trainer.resume(checkpoints / "last.pt")
@@ -154,7 +160,9 @@ def train_model(
         mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()} | {"training_key": key})
         mlflow.log_metrics(rows)
         trainer = fit(mlflow.log_metrics)
-        final = validation_metrics(net, val)
+        # The model holds the weights of the epoch early stopping kept, and that epoch's AUCs were computed on
+        # the same day with the same weights: no second pass over the validation day.
+        final = {k: v for k, v in trainer.kept_metrics().items() if k.startswith("val_auc")}
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
         if getattr(net, "uie", None) is not None:
             mlflow.log_metric("uie_user_centroid_entropy", net.uie.user_memory.usage_entropy())

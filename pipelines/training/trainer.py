@@ -20,6 +20,7 @@ from torch import nn
 from pipelines.training.dataset import batches
 
 log = logging.getLogger(__name__)
+VALIDATION_CHUNK = 65536  # rows per forward pass when validating
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -52,6 +53,7 @@ class TrainState:
     best: float = math.inf
     stale: int = 0
     stop: bool = False
+    best_epoch: int = 0  # the epoch whose weights early stopping kept (1-based; 0 before any)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -67,7 +69,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer, metrics):
         state = trainer.state
         if metrics["val_loss"] < state.best - 1e-6:
-            state.best, state.stale = metrics["val_loss"], 0
+            state.best, state.stale, state.best_epoch = metrics["val_loss"], 0, state.epoch
             trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         else:
             state.stale += 1
@@ -103,7 +105,7 @@ class Trainer:
     ) -> None:
         self.model, self.cfg = model, cfg
         self.callbacks = callbacks or []
-        self.extra_metrics = extra_metrics  # (model, data) -> dict of validation metrics
+        self.extra_metrics = extra_metrics  # (outputs, data) -> dict of validation metrics
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_adam
         )
@@ -132,15 +134,28 @@ class Trainer:
         self.best_state = snap["best_state"]
         torch.set_rng_state(snap["rng"])
 
-    def evaluate_loss(self, data: dict[str, torch.Tensor]) -> float:
+    def validate(self, data: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        """The loss over ``data`` and the model's outputs for every row, from one forward pass in chunks."""
         self.model.eval()
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for batch in batches(data, 8192):
-                loss, _ = self.model.loss(batch, self.model(batch))
+        total, n, parts = 0.0, 0, []
+        with torch.no_grad():  # in chunks: one forward over a 1.4M-row day holds GBs of activations
+            for batch in batches(data, VALIDATION_CHUNK):
+                out = self.model(batch)
+                loss, _ = self.model.loss(batch, out)
                 size = len(batch["click"]) if "click" in batch else 1
                 total, n = total + float(loss) * size, n + size
-        return total / max(n, 1)
+                parts.append(out)
+        outputs = {k: torch.cat([part[k] for part in parts]) for k in parts[0]} if parts else {}
+        return total / max(n, 1), outputs
+
+    def evaluate_loss(self, data: dict[str, torch.Tensor]) -> float:
+        return self.validate(data)[0]
+
+    def kept_metrics(self) -> dict[str, float]:
+        """The validation metrics of the epoch whose weights the model holds after :meth:`fit`."""
+        history = self.state.history
+        epoch = self.state.best_epoch if self.best_state is not None else len(history)
+        return dict(history[epoch - 1]) if 0 < epoch <= len(history) else {}
 
     def fit(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]) -> TrainState:
         from tqdm import tqdm
@@ -167,9 +182,11 @@ class Trainer:
                 self.optimizer.step()
                 running, steps = running + float(loss.detach()), steps + 1
             self.state.epoch += 1
-            metrics = {"train_loss": running / max(steps, 1), "val_loss": self.evaluate_loss(val)}
+            # One pass over the validation day gives the loss (early stopping) and the extra metrics (AUCs).
+            val_loss, outputs = self.validate(val)
+            metrics = {"train_loss": running / max(steps, 1), "val_loss": val_loss}
             if self.extra_metrics is not None:
-                metrics |= self.extra_metrics(self.model, val)
+                metrics |= self.extra_metrics(outputs, val)
             self.state.history.append(metrics)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, metrics)

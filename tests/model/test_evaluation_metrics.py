@@ -195,6 +195,31 @@ def test_weighted_rows_equal_sklearn_with_sample_weights_ties_included() -> None
         assert calibration == pytest.approx(np.average(p, weights=w) / np.average(y, weights=w))
 
 
+def test_point_estimates_equal_sklearn_ties_included() -> None:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from pipelines.evaluation.metrics import EPS
+
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 2500)
+    a = np.round(np.clip(0.25 * y + rng.random(2500) * 0.75, 0, 1), 2)  # rounded: many ties
+    b = rng.random(2500)
+    out = binary_report(y, {"candidate": a, "champion": b}, rng.integers(0, 40, 2500), n_bootstrap=0)
+    for name, p in (("candidate", a), ("champion", b)):
+        assert out[name]["auc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert out[name]["logloss"]["value"] == pytest.approx(log_loss(y, np.clip(p, EPS, 1 - EPS)), abs=1e-12)
+        assert out[name]["calibration"]["value"] == pytest.approx(p.mean() / y.mean(), abs=1e-12)
+    assert out["delta"]["auc"]["value"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b), abs=1e-12)
+    gap = oracle_gap(y, b, a)
+    assert gap["auc_gap"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b), abs=1e-12)
+
+
+def test_nan_scores_are_refused_not_ranked() -> None:
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        binary_report(y, {"candidate": np.array([0.1, np.nan, 0.3, 0.9])}, np.zeros(4), n_bootstrap=0)
+
+
 def test_bootstrap_intervals_are_scipys_paired_bootstrap_of_sklearn_metrics() -> None:
     """The O(n) resampling gives the intervals of resampling (y, scores) together and scoring with sklearn."""
     from scipy.stats import bootstrap

@@ -81,6 +81,29 @@ def test_same_seed_same_weights(tensors) -> None:
     )
 
 
+def test_kept_epochs_metrics_equal_a_fresh_pass_with_the_restored_weights(tensors) -> None:
+    """Training reports the kept epoch's validation AUCs instead of scoring the validation day again."""
+    from pipelines.training.api import output_aucs, validation_metrics
+    from pipelines.training.trainer import EarlyStopping
+
+    encoder, data = tensors
+    train = {k: v[:2000] for k, v in data.items()}
+    val = {k: v[2000:] for k, v in data.items()}
+    torch.manual_seed(0)
+    model = ESMM(encoder.spec(), ESMMConfig(tower=[64]))
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, seed=3, patience=5)
+    trainer = Trainer(model, cfg, [EarlyStopping()], output_aucs)
+    trainer.fit(train, val)
+    # this seed overfits: the best validation loss is not the last epoch's, so the weights are restored
+    assert trainer.state.best_epoch < len(trainer.state.history)
+    kept = trainer.kept_metrics()
+    assert kept["val_loss"] == min(m["val_loss"] for m in trainer.state.history)
+    assert kept["val_loss"] == pytest.approx(trainer.evaluate_loss(val), rel=1e-9)
+    fresh = validation_metrics(trainer.model, val)
+    assert set(fresh) == {"val_auc_ctr", "val_auc_ctcvr", "val_auc_cvr"}
+    assert {k: kept[k] for k in fresh} == pytest.approx(fresh, rel=1e-12)
+
+
 def test_unknown_users_and_items_take_the_default_embedding(tensors) -> None:
     encoder, _ = tensors
     frame = synthetic_frame(5, seed=1)
