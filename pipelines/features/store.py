@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,24 +76,32 @@ def feast_cli(settings: Settings, *args: str, dataset: str = "sim") -> str:
 
 
 def plan_and_apply(settings: Settings, dataset: str = "sim", allow_destructive: bool = False) -> dict[str, list[str]]:
-    """``feast plan``; refuse deletions unless allowed; then ``feast apply``.
+    """``feast plan``; refuse deletions unless allowed; then ``feast apply`` (one process: :mod:`.plan_apply`).
 
     Returns:
         The planned changes by kind (``created``, ``updated``, ``deleted``).
+
+    Raises:
+        DestructivePlanError: the plan deletes registered objects and ``allow_destructive`` is false (nothing
+            was applied).
+        RuntimeError: with Feast's own output when plan or apply fails.
     """
-    plan = feast_cli(settings, "plan", dataset=dataset)
-    changes: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
-    for line in plan.splitlines():
-        match = re.match(r"^(Created|Updated|Deleted|Removed) (.+)$", line.strip())
-        if match:
-            kind = {"Removed": "deleted"}.get(match.group(1), match.group(1).lower())
-            changes[kind].append(match.group(2))
-    if changes["deleted"] and not allow_destructive:
+    import json
+
+    from pipelines.features.plan_apply import ALLOW, REFUSED
+
+    prefix, env = feast_invocation(settings, dataset)
+    command = [sys.executable, "-m", "pipelines.features.plan_apply", *([ALLOW] if allow_destructive else []),
+               *prefix[1:]]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode not in (0, REFUSED):
+        raise RuntimeError(f"`feast plan` / `feast apply` failed:\n{out.stdout}\n{out.stderr}")
+    changes = json.loads(out.stdout.strip().splitlines()[-1])
+    if out.returncode == REFUSED:
         raise DestructivePlanError(
             "feast plan would delete: " + "; ".join(changes["deleted"]) + ". Re-run with allow_destructive "
             "(CLI: --allow-destructive, DAG Param allow_destructive) if that is intended."
         )
-    feast_cli(settings, "apply", dataset=dataset)
     return changes
 
 

@@ -189,6 +189,30 @@ class _Engine:
         return {rule: np.unique(np.concatenate(parts)) for rule, parts in failed.items()}
 
 
+def _vectorizable_ranges(frame: pd.DataFrame, suite) -> None:
+    """Give the numeric columns of range rules float64 dtype, which GX compares vectorized.
+
+    GX's ``ExpectColumnValuesToBeBetween`` on pandas compares int64 and float64 columns as arrays, but any other
+    numeric dtype (nullable Int16, float32) one value at a time through a Python function: 20M calls, about
+    a seventh of validating a 10M-impression week. float64 holds every int16/int32 and float32 value exactly,
+    and a null stays a null (NaN), so every rule sees the same rows; only the frame handed to GX changes (the
+    clean and quarantine outputs are taken from the Arrow table).
+    """
+    import great_expectations.expectations as gxe
+
+    for expectation in suite.expectations:
+        if not isinstance(expectation, gxe.ExpectColumnValuesToBeBetween):
+            continue
+        column = frame[expectation.column]
+        dtype = column.dtype
+        if dtype in (np.float64, np.int64) or pd.api.types.is_bool_dtype(dtype):
+            continue
+        if pd.api.types.is_float_dtype(dtype) or (pd.api.types.is_integer_dtype(dtype) and dtype.itemsize <= 4):
+            frame[expectation.column] = column.astype(np.float64)  # exact, nulls become NaN
+        elif pd.api.types.is_integer_dtype(dtype) and not column.hasnans:
+            frame[expectation.column] = column.astype(np.int64)  # a nullable Int64 without nulls
+
+
 def validate_table(store: Store, table: str, day: dt.date, engine: _Engine, chunk_rows: int = 1_000_000) -> TableResult:
     """Validate one table's raw partition for ``day`` and write its clean and quarantine outputs."""
     started = time.perf_counter()
@@ -214,6 +238,7 @@ def validate_table(store: Store, table: str, day: dt.date, engine: _Engine, chun
     for rule, check in suites.row_helpers(table).items():
         frame[suites.helper_column(rule)] = check(frame).fillna(True).to_numpy(bool)
     suite = suites.build_suite(table, day, tuple(parsed_ok))
+    _vectorizable_ranges(frame, suite)
     chunks = [frame.iloc[i : i + chunk_rows] for i in range(0, n, chunk_rows)] or [frame]
     failed = engine.run(table, suite, chunks)
     for column in parsed_ok:

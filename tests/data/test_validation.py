@@ -136,3 +136,37 @@ def test_data_docs_read_offline(store: Store, tmp_path: Path) -> None:
     page = next(docs.glob("validations/**/*.html"))
     css = re.search(r'href="([^"]+bootstrap\.min\.css)"', page.read_text())
     assert css and (page.parent / css.group(1)).resolve().is_file()
+
+
+def test_range_rule_columns_reach_gx_as_exact_float64_or_int64() -> None:
+    """GX checks ranges vectorized only on float64/int64 columns; the conversion keeps every value and null."""
+    import datetime as dt
+
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.validation.validate import _vectorizable_ranges
+
+    frame = pd.DataFrame(
+        {
+            "small": pd.array([-32768, None, 32767], dtype="Int16"),
+            "real": np.array([0.1, np.nan, -2.5], dtype=np.float32),
+            "big": pd.array([2**62, 1, 2], dtype="Int64"),
+            "big_null": pd.array([2**62, None, 2], dtype="Int64"),
+            "when": pd.to_datetime(["2026-01-01"] * 3, utc=True),
+        }
+    )
+    suite = gx.ExpectationSuite(name="ranges")
+    for column in frame:
+        bound = pd.Timestamp(dt.datetime(2026, 1, 2), tz="UTC") if column == "when" else 0
+        suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=column, max_value=bound))
+    before = frame.copy()
+    _vectorizable_ranges(frame, suite)
+    assert frame.dtypes.astype(str).to_dict() == {"small": "float64", "real": "float64", "big": "int64",
+                                                  "big_null": "Int64", "when": "datetime64[ns, UTC]"}  # fmt: skip
+    for column in frame:
+        assert frame[column].isna().tolist() == before[column].isna().tolist()
+        kept = before[column].notna().to_numpy()
+        assert (frame[column][kept].astype(object) == before[column][kept].astype(object)).all(), column
