@@ -6,9 +6,11 @@ for a range), for every day the triggering events name, oldest first:
 
 1. `compute_features`: daily aggregates and feature snapshots of each day from its clean partitions (DuckDB);
 2. `feast_apply`: `feast plan`, refusing a plan that deletes registered objects unless `allow_destructive`,
-   then `feast apply`;
+   then `feast apply`; emits the `coldstart_offline_features` Asset that training is scheduled on: point-in-time
+   training sets read the snapshot files through the registry's definitions, not the online store;
 3. `materialize`: loads the snapshots into the online store from the oldest day (minus a one-day overlap for
-   late data) to the newest snapshot, then emits the `coldstart_features` Asset that training is scheduled on.
+   late data) to the newest snapshot, while training runs, then emits the `coldstart_features` Asset (the
+   online store is fresh: for serving and for teams reading features by id).
 
 Re-running a day rewrites the same files and leaves the online store as it was.
 
@@ -25,6 +27,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from pipelines.orchestration import chain_extra, chain_params, day_event, default_args, run_days
 
 CLEAN_LOGS = Asset("coldstart_clean_logs")
+OFFLINE_FEATURES = Asset("coldstart_offline_features")
 FEATURES = Asset("coldstart_features")
 
 
@@ -56,14 +59,17 @@ def materialize_features() -> None:
         dataset, days = run_days(get_current_context())
         return [compute_for_run(dataset, day) for day in days]
 
-    @task
+    @task(outlets=[OFFLINE_FEATURES])
     def feast_apply(_: list[dict]) -> dict:
-        """`feast plan` then `feast apply`; fails on an unexpected destructive change."""
+        """`feast plan` then `feast apply`; fails on an unexpected destructive change; announces the days."""
         from pipelines.features.api import apply_for_run
 
         context = get_current_context()
-        dataset, _days = run_days(context)
-        return apply_for_run(dataset, bool(chain_params(context)["allow_destructive"]))
+        dataset, days = run_days(context)
+        changes = apply_for_run(dataset, bool(chain_params(context)["allow_destructive"]))
+        # Training reads only the snapshot files and the registry: it starts now, beside the materialization.
+        context["outlet_events"][OFFLINE_FEATURES].extra = day_event(dataset, days) | chain_extra(context)
+        return changes
 
     @task(outlets=[FEATURES])
     def materialize(_: dict) -> dict:

@@ -1,7 +1,8 @@
 """
 ### train_models
 
-Runs when `materialize_features` emits the `coldstart_features` Asset (or by hand). The window ends
+Runs when `materialize_features` emits the `coldstart_offline_features` Asset, once the day's snapshots are
+computed and applied (it trains while the online store is being loaded), or by hand. The window ends
 `holdout_days` before the newest day named by the triggering event (or the `date` Param), so that the days
 after it are left for `evaluate_models`, and spans `window_days` (clipped to the first clean day). For each
 model chosen in the trigger form it builds the point-in-time training set of the window from Feast (the model's
@@ -26,14 +27,14 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.orchestration import chain_extra, chain_params, default_args, run_day
 
-FEATURES = Asset("coldstart_features")
+OFFLINE_FEATURES = Asset("coldstart_offline_features")
 MODELS = Asset("coldstart_candidate_models")
 CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
 @dag(
     dag_id="train_models",
-    schedule=[FEATURES],
+    schedule=[OFFLINE_FEATURES],
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

@@ -63,6 +63,26 @@ def test_every_dag_has_tags_retries_and_docs(dagbag) -> None:
             assert gate or task.retries >= 2, f"{dag_id}.{task.task_id}"
 
 
+def test_the_asset_chain_is_wired_and_training_does_not_wait_for_the_online_store(dagbag) -> None:
+    """Each DAG is scheduled on what the one before emits; training on the applied snapshots (offline store)."""
+
+    def emitted(dag_id: str, task_id: str) -> set[str]:
+        return {asset.name for asset in dagbag.dags[dag_id].get_task(task_id).outlets}
+
+    def scheduled_on(dag_id: str) -> set[str]:
+        return {asset.name for asset in dagbag.dags[dag_id].timetable.asset_condition.objects}
+
+    assert scheduled_on("materialize_features") == emitted("validate_logs", "quarantine_gate")
+    assert emitted("validate_logs", "quarantine_gate") == {"coldstart_clean_logs"}
+    assert scheduled_on("train_models") == emitted("materialize_features", "feast_apply")
+    assert emitted("materialize_features", "feast_apply") == {"coldstart_offline_features"}
+    assert emitted("materialize_features", "materialize") == {"coldstart_features"}
+    assert scheduled_on("evaluate_models") == emitted("train_models", "train") == {"coldstart_candidate_models"}
+    assert (
+        scheduled_on("promote_bento") == emitted("evaluate_models", "promotion_gate") == {"coldstart_approved_models"}
+    )
+
+
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_parsing_makes_no_connection_or_database_call(dag_file: Path, tmp_path: Path) -> None:
     probe = f"""
