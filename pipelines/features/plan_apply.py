@@ -39,15 +39,20 @@ def main(argv: list[str]) -> int:
     allow = ALLOW in argv
     options = [a for a in argv if a != ALLOW]
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        cli.main([*options, "plan"], prog_name="feast", standalone_mode=False)
-    plan = captured.getvalue()
-    print(plan, end="")
-    changes = planned_changes(plan)
+    try:
+        with contextlib.redirect_stdout(captured):
+            status = cli.main([*options, "plan"], prog_name="feast", standalone_mode=False)
+    finally:  # Feast prints why it failed, then exits: keep what it printed
+        print(captured.getvalue(), end="")
+    if status:  # click returns (not raises) the code of an Exit outside standalone mode
+        return int(status)
+    changes = planned_changes(captured.getvalue())
     if changes["deleted"] and not allow:
         print(json.dumps(changes))
         return REFUSED
-    cli.main([*options, "apply"], prog_name="feast", standalone_mode=False)
+    status = cli.main([*options, "apply"], prog_name="feast", standalone_mode=False)
+    if status:
+        return int(status)
     print(json.dumps(changes))
     return 0
 

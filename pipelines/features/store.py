@@ -218,6 +218,19 @@ def materialize_window(
     con.close()
 
 
+def materialized_through(store: FeatureStore) -> dt.datetime | None:
+    """How far the online store is loaded: the end of the newest materialized interval, the earliest over the
+    feature views (item content, stamped at publish time, is left out), or None while a view has none."""
+    ends = []
+    for view in store.list_feature_views():
+        if view.name == "item_content_fv":
+            continue
+        if not view.materialization_intervals:
+            return None
+        ends.append(max(end for _start, end in view.materialization_intervals))
+    return min(ends) if ends else None
+
+
 def online_features(
     store: FeatureStore, service: str, user_id: int | None = None, item_ids: list[int] | None = None
 ) -> dict[str, Any]:

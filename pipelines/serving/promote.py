@@ -22,6 +22,7 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 UNKNOWN_ID = 10**12  # an id no dataset uses: exercises the cold paths
+ONLINE_WAIT_S = 1800.0  # how long a promotion waits for the materialization running beside the chain
 
 
 class PromotionError(RuntimeError):
@@ -129,10 +130,48 @@ def smoke_test(url: str, token: str, requests: list[dict]) -> list[str]:
     return failures
 
 
-def promote(settings: Settings, model: str, version: str | None = None, smoke: list[dict] | None = None) -> dict:
+def await_online_store(settings: Settings, timeout_s: float, poll_s: float = 5.0, dataset: str = "sim") -> None:
+    """Wait until the online store holds the features of the newest clean day.
+
+    Materialization runs beside training (``materialize_features``), so a promotion can come before it ends; the
+    staging service must not go live on older features, and the smoke test expects the newest day's users to be
+    known. Raises :class:`PromotionError` after ``timeout_s`` with how far the store is loaded.
+    """
+    import time
+
+    from pipelines.data.contract import Store, day_bounds
+    from pipelines.features.store import get_store, materialized_through
+
+    days = Store(settings.data_dir, dataset).partitions("impressions", layer="clean")
+    if not days:
+        return
+    needed = day_bounds(days[-1])[1]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        through = materialized_through(get_store(settings, dataset))
+        if through is not None and through >= needed:
+            return
+        if time.monotonic() >= deadline:
+            raise PromotionError(
+                f"the online store holds features through {through or 'nothing yet'}, not through the newest clean "
+                f"day {days[-1]} ({needed}); staging unchanged. Materialize it first (materialize_features, or "
+                f"`coldstart features --date {days[-1]}`)"
+            )
+        log.info("waiting for the online store to hold %s (loaded through %s)", days[-1], through)
+        time.sleep(poll_s)
+
+
+def promote(
+    settings: Settings,
+    model: str,
+    version: str | None = None,
+    smoke: list[dict] | None = None,
+    online_wait_s: float = ONLINE_WAIT_S,
+) -> dict:
     """Promote ``version`` (default: the ``approved`` one) of ``model`` to staging; returns the staging record.
 
-    ``smoke`` replaces the golden requests (tests use it to make the smoke test fail on purpose).
+    ``smoke`` replaces the golden requests (tests use it to make the smoke test fail on purpose). A ranker waits
+    up to ``online_wait_s`` for the online store to hold the newest clean day (:func:`await_online_store`).
     """
     version = _approved(settings, model, version)
     client, name = _client(settings), registered_name(model)
@@ -146,6 +185,8 @@ def promote(settings: Settings, model: str, version: str | None = None, smoke: l
         bento = build(settings, SERVICES[model], model_tag)
     except BentoError as exc:
         raise PromotionError(str(exc)) from exc
+    if SERVICES[model] != "melu":  # the rankers read the online store; MeLU's service does not
+        await_online_store(settings, online_wait_s)
     token = secrets.token_urlsafe(16)
     try:
         process, url = serve(settings, bento, token=token)

@@ -132,6 +132,12 @@ class Trainer:
         self.optimizer.load_state_dict(snap["optimizer"])
         self.state = TrainState(**snap["state"])
         self.best_state = snap["best_state"]
+        if "best_epoch" not in snap["state"] and self.best_state is not None:
+            # a checkpoint from before best_epoch was recorded: replay early stopping's rule over the history
+            best = math.inf
+            for epoch, metrics in enumerate(self.state.history, start=1):
+                if metrics["val_loss"] < best - 1e-6:
+                    best, self.state.best_epoch = metrics["val_loss"], epoch
         torch.set_rng_state(snap["rng"])
 
     def validate(self, data: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:

@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -176,6 +177,36 @@ def test_plan_refuses_an_unexpected_destructive_change(platform: Platform, feast
     changes = plan_and_apply(platform.settings, allow_destructive=True)
     assert any("stray_fv" in change for change in changes["deleted"])
     assert "stray_fv" not in {fv.name for fv in get_store(platform.settings).list_feature_views()}
+
+
+def test_promotion_waits_for_the_online_store_to_hold_the_newest_clean_day(platform: Platform, feast_store,
+                                                                         monkeypatch) -> None:  # fmt: skip
+    """Materialization runs beside training: a ranker's promotion must not go live before it has loaded."""
+    import pipelines.features.store as feature_store
+    from pipelines.data.contract import Store, day_bounds
+    from pipelines.serving.promote import PromotionError, await_online_store
+
+    newest = Store(platform.settings.data_dir, "sim").partitions("impressions", layer="clean")[-1]
+    through = feature_store.materialized_through(feast_store)
+    assert through is not None and through >= day_bounds(newest)[1]
+    await_online_store(platform.settings, timeout_s=0)  # loaded: returns at once
+    behind = day_bounds(newest)[1] - dt.timedelta(days=1)
+    monkeypatch.setattr(feature_store, "materialized_through", lambda store: behind)
+    reason = re.escape(f"holds features through {behind}, not through the newest clean day {newest}")
+    with pytest.raises(PromotionError, match=reason):
+        await_online_store(platform.settings, timeout_s=0.2, poll_s=0.1)
+
+
+def test_a_failing_plan_applies_nothing_and_keeps_feasts_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "feature_store.yaml"
+    out = subprocess.run([sys.executable, "-m", "pipelines.features.plan_apply", "-c", str(tmp_path), "-f",
+                          str(missing)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1, out
+    assert f"Can't find feature repo configuration file at {missing}" in out.stdout
+    assert "{" not in out.stdout  # no JSON of changes: nothing was planned or applied
 
 
 def _free_port() -> int:

@@ -104,6 +104,23 @@ def test_kept_epochs_metrics_equal_a_fresh_pass_with_the_restored_weights(tensor
     assert {k: kept[k] for k in fresh} == pytest.approx(fresh, rel=1e-12)
 
 
+def test_a_checkpoint_without_best_epoch_resumes_with_the_kept_epoch_replayed(tensors, tmp_path: Path) -> None:
+    from pipelines.training.trainer import EarlyStopping
+
+    encoder, data = tensors
+    trainer = fresh_trainer(encoder, tmp_path, 3)
+    trainer.callbacks.insert(0, EarlyStopping())  # before the checkpoint, as train_model orders them
+    trainer.fit(data, data)
+    snap = torch.load(tmp_path / "last.pt", weights_only=False)
+    kept = snap["state"].pop("best_epoch")
+    assert kept >= 1
+    torch.save(snap, tmp_path / "old.pt")  # as written before best_epoch was recorded
+    resumed = fresh_trainer(encoder, None, 3)
+    resumed.resume(tmp_path / "old.pt")
+    assert resumed.state.best_epoch == kept
+    assert resumed.kept_metrics() == trainer.kept_metrics()
+
+
 def test_unknown_users_and_items_take_the_default_embedding(tensors) -> None:
     encoder, _ = tensors
     frame = synthetic_frame(5, seed=1)
