@@ -146,9 +146,10 @@ def await_online_store(settings: Settings, timeout_s: float, poll_s: float = 5.0
     if not days:
         return
     needed = day_bounds(days[-1])[1]
+    store = get_store(settings, dataset)  # its feature view listing reads the registry afresh on every call
     deadline = time.monotonic() + timeout_s
     while True:
-        through = materialized_through(get_store(settings, dataset))
+        through = materialized_through(store)
         if through is not None and through >= needed:
             return
         if time.monotonic() >= deadline:

@@ -38,19 +38,6 @@ def registered_name(model: str) -> str:
     return f"coldstart_{model}"
 
 
-def validation_metrics(model, data) -> dict[str, float]:
-    """AUCs of ``model`` on the validation day (see :func:`output_aucs`)."""
-    import torch
-
-    from pipelines.training.dataset import batches
-    from pipelines.training.trainer import VALIDATION_CHUNK
-
-    model.eval()
-    with torch.no_grad():  # in chunks: one forward over a 1.4M-row day holds GBs of activations
-        parts = [model(batch) for batch in batches(data, VALIDATION_CHUNK)]
-    return output_aucs({k: torch.cat([part[k] for part in parts]) for k in ("p_ctr", "p_cvr", "p_ctcvr")}, data)
-
-
 def output_aucs(out, data) -> dict[str, float]:
     """AUCs from a model's outputs: CTR and CTCVR over all impressions, CVR over clicked ones (scikit-learn)."""
     from sklearn.metrics import roc_auc_score

@@ -154,9 +154,6 @@ class Trainer:
         outputs = {k: torch.cat([part[k] for part in parts]) for k in parts[0]} if parts else {}
         return total / max(n, 1), outputs
 
-    def evaluate_loss(self, data: dict[str, torch.Tensor]) -> float:
-        return self.validate(data)[0]
-
     def kept_metrics(self) -> dict[str, float]:
         """The validation metrics of the epoch whose weights the model holds after :meth:`fit`."""
         history = self.state.history
