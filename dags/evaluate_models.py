@@ -23,11 +23,13 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.catalog import models as catalog_models
+from pipelines.evaluation.config import EvaluationConfig, SliceConfig
 from pipelines.orchestration import chain_extra, chain_params, default_args, run_models
+from pipelines.training.config import default
 
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")
-CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
 def _config(params: dict) -> dict:
@@ -62,26 +64,41 @@ def _config(params: dict) -> dict:
         "models": Param(
             ["esmm", "ple"],
             type="array",
-            items={"type": "string", "enum": CHOICES},
+            items={"type": "string", "enum": catalog_models()},
             description="Models whose candidate to evaluate (default: those the triggering run trained).",
         ),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$"),
         "start": Param(None, type=["null", "string"], format="date", description="First held-out day."),
         "end": Param(None, type=["null", "string"], format="date", description="Last held-out day."),
-        "eval_days": Param(1, type="integer", minimum=1, description="Held-out days after training, if no window."),
-        "user_new_by": Param("days_since_signup", enum=["days_since_signup", "interactions"]),
-        "user_new_below": Param(7, type="number", exclusiveMinimum=0, description="A user is new below this."),
-        "item_new_by": Param("age_hours", enum=["age_hours", "exposures"]),
-        "item_new_below": Param(48, type="number", exclusiveMinimum=0, description="An item is new below this."),
+        "eval_days": Param(
+            default(EvaluationConfig, "eval_days"),
+            type="integer",
+            minimum=1,
+            description="Held-out days after training, if no window.",
+        ),
+        "user_new_by": Param(default(SliceConfig, "user_new_by"), enum=["days_since_signup", "interactions"]),
+        "user_new_below": Param(
+            default(SliceConfig, "user_new_below"),
+            type="number",
+            exclusiveMinimum=0,
+            description="A user is new below this.",
+        ),
+        "item_new_by": Param(default(SliceConfig, "item_new_by"), enum=["age_hours", "exposures"]),
+        "item_new_below": Param(
+            default(SliceConfig, "item_new_below"),
+            type="number",
+            exclusiveMinimum=0,
+            description="An item is new below this.",
+        ),
         "exposure_edges": Param(
-            [100],
+            list(default(SliceConfig, "exposure_edges")),
             type="array",
             items={"type": "number", "exclusiveMinimum": 0},
             minItems=1,
             description="Cuts of item exposures into buckets (one cut: low / high).",
         ),
         "custom_slices": Param(
-            {"sparse_user": "user_interactions < 20"},
+            default(SliceConfig, "custom"),
             type="object",
             description="name -> boolean pandas expression over the evaluation frame.",
         ),
@@ -90,7 +107,12 @@ def _config(params: dict) -> dict:
         "floors": Param(None, type=["null", "object"], description='e.g. {"ctr:auc": 0.55}; used with no champion.'),
         "checks": Param(None, type=["null", "array"], items={"type": "string"}, description='e.g. ["ctr:auc"].'),
         "min_count": Param(None, type=["null", "integer"], minimum=1, description="Smaller cold slices are skipped."),
-        "n_bootstrap": Param(200, type="integer", minimum=0, description="Bootstrap resamples for the intervals."),
+        "n_bootstrap": Param(
+            default(EvaluationConfig, "n_bootstrap"),
+            type="integer",
+            minimum=0,
+            description="Bootstrap resamples for the intervals.",
+        ),
         "max_users": Param(None, type=["null", "integer"], minimum=1, description="MeLU: users per scenario."),
         "chain": Param(
             {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'

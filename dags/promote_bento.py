@@ -19,11 +19,11 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.catalog import models as catalog_models
 from pipelines.orchestration import chain_params, default_args, run_models
 
 APPROVED = Asset("coldstart_approved_models")
 STAGING = Asset("coldstart_staging_bentos")
-CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
 @dag(
@@ -38,7 +38,7 @@ CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
         "models": Param(
             ["esmm"],
             type="array",
-            items={"type": "string", "enum": CHOICES},
+            items={"type": "string", "enum": catalog_models()},
             description="Models to promote (default: those the triggering gate approved).",
         ),
         "version": Param(None, type=["null", "string"], description="A version to promote (default: `approved`)."),

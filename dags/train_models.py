@@ -15,7 +15,7 @@ Idempotent: a version already trained with the same model, configs, window and d
 instead of training a copy (set `retrain` to train anyway).
 
 Params: `models`, `date`, `holdout_days`, `window_days`, `dataset`, `epochs`, `batch_size`, `lr`, `poso`, `uie`,
-`model_config` (per-model overrides, e.g. `{"melu": {"meta_lr": 0.0005}}`), `retrain`, `chain`. CLI twin:
+`model_config` (per-model overrides, e.g. `{"ple": {"levels": 3}}`), `retrain`, `chain`. CLI twin:
 `coldstart train`.
 """
 
@@ -25,11 +25,12 @@ import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipelines.catalog import models as catalog_models
 from pipelines.orchestration import chain_extra, chain_params, default_args, run_day
+from pipelines.training.config import TrainConfig, TrainRequest, default
 
 OFFLINE_FEATURES = Asset("coldstart_offline_features")
 MODELS = Asset("coldstart_candidate_models")
-CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
 
 
 @dag(
@@ -44,20 +45,29 @@ CHOICES = ["esmm", "ple", "mmoe", "shared_bottom", "base", "melu"]
         "models": Param(
             ["esmm", "ple"],
             type="array",
-            items={"type": "string", "enum": CHOICES},
+            items={"type": "string", "enum": catalog_models()},
             description="Models to train, one task each.",
         ),
         "date": Param(None, type=["null", "string"], format="date", description="Newest day (default: the event's)."),
         "holdout_days": Param(1, type="integer", minimum=0, description="Days after the window left for evaluation."),
-        "window_days": Param(7, type="integer", minimum=2, description="Days in the window (last = validation)."),
-        "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$"),
-        "epochs": Param(3, type="integer", minimum=1),
-        "batch_size": Param(1024, type="integer", minimum=32),
-        "lr": Param(0.001, type="number", exclusiveMinimum=0),
-        "poso": Param(False, type="boolean", description="POSO gates on every model that supports them."),
-        "uie": Param(True, type="boolean", description="UIE enhancement on PLE."),
+        "window_days": Param(
+            default(TrainRequest, "window_days"),
+            type="integer",
+            minimum=2,
+            description="Days in the window (last = validation).",
+        ),
+        "dataset": Param(default(TrainRequest, "dataset"), type="string", pattern="^[a-z0-9_]+$"),
+        "epochs": Param(default(TrainConfig, "epochs"), type="integer", minimum=1),
+        "batch_size": Param(default(TrainConfig, "batch_size"), type="integer", minimum=32),
+        "lr": Param(default(TrainConfig, "lr"), type="number", exclusiveMinimum=0),
+        "poso": Param(
+            default(TrainRequest, "poso"), type="boolean", description="POSO gates on every model that supports them."
+        ),
+        "uie": Param(default(TrainRequest, "uie"), type="boolean", description="UIE enhancement on PLE."),
         "model_config": Param({}, type="object", description='Per-model config overrides: {"ple": {...}}.'),
-        "retrain": Param(False, type="boolean", description="Train even if this exact version exists."),
+        "retrain": Param(
+            not default(TrainRequest, "reuse"), type="boolean", description="Train even if this exact version exists."
+        ),
         "chain": Param(
             {}, type="object", description='Params of the DAGs downstream, by DAG id: {"train_models": {"epochs": 1}}.'
         ),
@@ -71,37 +81,23 @@ def train_models() -> None:
 
     @task(outlets=[MODELS], max_active_tis_per_dag=1)
     def train(model: str) -> dict:
-        """Train, log and register one model (resumes from its checkpoint on retry)."""
-        from pipelines.training.api import train_for_run, training_window
+        """Train, log and register one model as its family does (a ranker resumes from its checkpoint on retry)."""
+        from pipelines.catalog import model as catalog_model
+        from pipelines.training.api import train as train_model
 
         context = get_current_context()
         p = chain_params(context)
-        overrides = dict(p["model_config"].get(model, {}))
-        if model == "melu":  # meta-learned on MovieLens-1M's MeLU split, not on the window's impressions
-            from pipelines.models.melu import MeLUConfig
-            from pipelines.settings import get_settings
-            from pipelines.training.meta import train_melu
-
-            result = train_melu(get_settings(), MeLUConfig(**overrides), epochs=int(p["epochs"]))
-            context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])} | chain_extra(
-                context
-            )
-            return result
-        from pipelines.data.contract import Store
-        from pipelines.settings import get_settings
-
-        dataset, day = run_day(context)
-        data = Store(get_settings().data_dir, dataset)
-        start, end = training_window(data, day - dt.timedelta(days=int(p["holdout_days"])), int(p["window_days"]))
-        model_config: dict = {"poso": bool(p["poso"])}
-        if model == "ple" and p["uie"]:
-            model_config["uie"] = {}
-        train_config = {"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"]}
-        result = train_for_run(model, dataset, start, end, model_config | overrides, train_config,
+        window: dict = {"dataset": p["dataset"]}
+        if catalog_model(model).family.trains_on_window:  # a window of the run's days, `holdout_days` before
+            dataset, day = run_day(context)
+            end = day - dt.timedelta(days=int(p["holdout_days"]))
+            window = {"dataset": dataset, "end": end, "window_days": int(p["window_days"])}
+        request = TrainRequest(**window, train={"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"]},
+                               poso=p["poso"], uie=p["uie"], overrides=p["model_config"].get(model, {}),
                                reuse=not p["retrain"])  # fmt: skip
-        context["outlet_events"][MODELS].extra = {"model": model, "version": str(result["version"])} | chain_extra(
-            context
-        )
+        result = train_model(model, request)
+        extra = {"model": model, "version": str(result["version"])}
+        context["outlet_events"][MODELS].extra = extra | chain_extra(context)
         return result
 
     train.expand(model=chosen())

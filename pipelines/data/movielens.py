@@ -229,3 +229,19 @@ def read_melu_split(data_dir: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"No MeLU split at {path}: run `coldstart ingest movielens` first.")
     return pd.read_parquet(path)
+
+
+# MeLU's input fields (the split has no IMDb director / actor / rating fields, so those of the paper are absent):
+# user gender, age, occupation and zip-code region; item release year; genres as a multi-hot field.
+USER_FIELDS = ["gender", "age", "occupation", "region"]
+ITEM_FIELDS = ["release_year"]
+
+
+def load_rows(data_dir: Path) -> pd.DataFrame:
+    """MeLU's split joined to user fields, item genres (``content_vector``) and release year."""
+    store = Store(data_dir, DATASET)
+    split = read_melu_split(data_dir)
+    users = store.read_range("users", columns=["user_id", *USER_FIELDS]).to_pandas()
+    items = store.read_range("items", columns=["item_id", "content_vector"]).to_pandas()
+    years = pd.read_parquet(store.root / "raw" / "item_titles.parquet")[["item_id", "release_year"]]
+    return split.merge(users, on="user_id").merge(items, on="item_id").merge(years, on="item_id")

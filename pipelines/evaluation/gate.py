@@ -16,44 +16,8 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from pipelines.evaluation.config import GateConfig
 from pipelines.evaluation.metrics import HIGHER_IS_BETTER
-
-RANKER_CHECKS = ("ctr:auc", "ctcvr:auc")
-RATING_CHECKS = ("rating:mae",)
-
-
-class GateConfig(BaseModel):
-    """Tolerances and floors of the gate; ``checks`` are ``task:metric`` pairs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    checks: tuple[str, ...] = RANKER_CHECKS
-    overall_tolerance: float = Field(0.005, ge=0)
-    cold_tolerance: float = Field(0.01, ge=0)
-    floors: dict[str, float] = Field(default_factory=lambda: {"ctr:auc": 0.55, "ctcvr:auc": 0.55})
-    min_count: int = Field(500, ge=1)
-    min_positives: int = Field(10, ge=1)
-
-    @field_validator("checks")
-    @classmethod
-    def _known(cls, checks: tuple[str, ...]) -> tuple[str, ...]:
-        for check in checks:
-            task, _, metric = check.partition(":")
-            if not task or HIGHER_IS_BETTER.get(metric) is None:
-                raise ValueError(f"check {check!r}: expected task:metric with a metric in "
-                                 f"{sorted(k for k, v in HIGHER_IS_BETTER.items() if v is not None)}")  # fmt: skip
-        return checks
-
-    @classmethod
-    def for_model(cls, model: str, **overrides) -> GateConfig:
-        """Defaults per kind of model: AUC of CTR and CTCVR for rankers, MAE for MeLU."""
-        if model == "melu":
-            base = {"checks": RATING_CHECKS, "overall_tolerance": 0.02, "cold_tolerance": 0.03,
-                    "floors": {"rating:mae": 1.1}, "min_count": 100, "min_positives": 1}  # fmt: skip
-            return cls(**{**base, **overrides})
-        return cls(**overrides)
 
 
 def _value(entry: dict | None, metric: str) -> float | None:

@@ -14,50 +14,14 @@ columns (features and the four quantities), e.g. ``"user_interactions < 20"``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipelines.evaluation.config import SliceConfig
 
 
 class SliceError(ValueError):
     """A slice definition that cannot be evaluated on the frame."""
-
-
-class SliceConfig(BaseModel):
-    """How users and items are called new, the exposure buckets, and extra named slices."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    user_new_by: Literal["days_since_signup", "interactions"] = "days_since_signup"
-    user_new_below: float = Field(7, gt=0, description="Days since signup (or interactions) below which a user is new.")
-    item_new_by: Literal["age_hours", "exposures"] = "age_hours"
-    item_new_below: float = Field(48, gt=0, description="Hours since publishing (or exposures): new below it.")
-    exposure_edges: tuple[float, ...] = Field((100,), min_length=1, description="Cuts of item exposures into buckets.")
-    custom: dict[str, str] = Field(default_factory=dict, description="name -> boolean expression over columns.")
-    cross: bool = Field(True, description="Also the user × item cross product.")
-
-    @field_validator("exposure_edges")
-    @classmethod
-    def _increasing(cls, edges: tuple[float, ...]) -> tuple[float, ...]:
-        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or edges[0] <= 0:
-            raise ValueError("exposure_edges must be positive and strictly increasing")
-        return edges
-
-    @field_validator("custom")
-    @classmethod
-    def _names(cls, custom: dict[str, str]) -> dict[str, str]:
-        for name, expr in custom.items():
-            if not name or not expr.strip():
-                raise ValueError("a custom slice needs a name and an expression")
-        return custom
-
-    def bucket_names(self) -> list[str]:
-        if len(self.exposure_edges) == 1:
-            return ["exposure=low", "exposure=high"]
-        bounds = [0, *self.exposure_edges, float("inf")]
-        return [f"exposure=[{a:g},{b:g})" for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def annotate(frame: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -18,14 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+from pipelines.catalog import model as catalog_model
+from pipelines.catalog.registry import registry_client
 from pipelines.settings import Settings
 
 BENTOS = Path(__file__).resolve().parents[2] / "bentos"
-SERVICES = {"melu": "melu", "esmm": "ranker", "ple": "ranker", "mmoe": "ranker", "shared_bottom": "ranker",
-            "base": "ranker"}  # fmt: skip
 
 
 class BentoError(RuntimeError):
@@ -64,61 +60,16 @@ def _import_in_process(settings: Settings, model: str, version: str) -> str:
     import bentoml
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    name = f"coldstart_{model}"
-    mv = mlflow.MlflowClient().get_model_version(name, version)
-    labels = {"mlflow_model": name, "mlflow_version": str(version), "mlflow_run": mv.run_id, "kind": SERVICES[model]}
+    entry = catalog_model(model)
+    name = entry.registered_name
+    mv = registry_client(settings).get_model_version(name, version)
+    labels = {"mlflow_model": name, "mlflow_version": str(version), "mlflow_run": mv.run_id,
+              "kind": entry.family.bento_service}  # fmt: skip
     with bentoml.models.create(name, labels=labels, metadata={"model": model}) as bento_model:
         target = Path(bento_model.path)
         mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(target / "mlflow"))
-        if model == "melu":
-            _melu_side_data(settings, target)
-        else:
-            _ranker_side_data(settings, target)
+        entry.call("side_data", settings, entry, target)
     return str(bento_model.tag)
-
-
-def _melu_side_data(settings: Settings, target: Path) -> None:
-    """Item catalog (release year, genres) and the evidence candidates, so the service needs no data store."""
-    import mlflow
-
-    from pipelines.models.melu import evidence_candidates
-    from pipelines.training.meta import (
-        ITEM_FIELDS,
-        MeluModel,  # noqa: F401  (the pyfunc class must import)
-        load_rows,
-    )
-
-    rows = load_rows(settings.data_dir)
-    catalog = rows.drop_duplicates("item_id")[["item_id", *ITEM_FIELDS, "content_vector"]]
-    catalog.assign(content_vector=catalog["content_vector"].map(list)).to_parquet(target / "items.parquet")
-    wrapper = mlflow.pyfunc.load_model(str(target / "mlflow")).unwrap_python_model()
-    import torch
-
-    warm = rows[(rows["scenario"] == "warm") & (rows["role"] == "support")]
-    users = sorted(warm["user_id"].unique())[:100]  # a sample of warm users keeps the import fast
-    supports = [
-        (wrapper.encoder.transform(group), torch.tensor(group["item_id"].to_numpy()))
-        for _, group in warm[warm["user_id"].isin(users)].groupby("user_id", sort=True)
-    ]
-    picks = evidence_candidates(wrapper.model, supports, k=50) if supports else []
-    (target / "evidence.json").write_text(json.dumps([{"item_id": int(i), "score": s} for i, s in picks]))
-
-
-def _ranker_side_data(settings: Settings, target: Path) -> None:
-    """Latest content vectors and exposures of known items, for content-similar new-item embeddings."""
-    from pipelines.features.compute import FeatureLayout
-
-    layout = FeatureLayout.for_dataset(settings.home, "sim")
-    content_days, stats_days = layout.days("item_content"), layout.days("item_stats")
-    if not content_days or not stats_days:
-        return
-    content = pd.concat([pd.read_parquet(layout.path("item_content", d), columns=["item_id", "content_vector"])
-                         for d in content_days]).drop_duplicates("item_id", keep="last")  # fmt: skip
-    stats = pd.read_parquet(layout.path("item_stats", stats_days[-1]), columns=["item_id", "exposures_total"])
-    items = content.merge(stats, on="item_id", how="left").fillna({"exposures_total": 0})
-    items["content_vector"] = items["content_vector"].map(lambda v: np.asarray(v, dtype=np.float32).tolist())
-    items.to_parquet(target / "items.parquet")
 
 
 def build(settings: Settings, service: str, model_tag: str) -> str:

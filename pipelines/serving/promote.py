@@ -16,21 +16,19 @@ import logging
 import secrets
 from pathlib import Path
 
-from pipelines.serving.bento import SERVICES, BentoError, build, import_model, serve, stop
+from pipelines.catalog import model as catalog_model
+from pipelines.catalog.registry import registry_client
+from pipelines.serving.bento import BentoError, build, import_model, serve, stop
+from pipelines.serving.smoke import smoke_test
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_ID = 10**12  # an id no dataset uses: exercises the cold paths
 ONLINE_WAIT_S = 1800.0  # how long a promotion waits for the materialization running beside the chain
 
 
 class PromotionError(RuntimeError):
     """A promotion step failed; the previous staging is untouched."""
-
-
-def registered_name(model: str) -> str:
-    return f"coldstart_{model}"
 
 
 def record_path(settings: Settings, model: str) -> Path:
@@ -42,17 +40,10 @@ def staging_record(settings: Settings, model: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _client(settings: Settings):
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    return mlflow.MlflowClient()
-
-
 def _approved(settings: Settings, model: str, version: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
-    client, name = _client(settings), registered_name(model)
+    client, name = registry_client(settings), catalog_model(model).registered_name
     try:
         mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, "approved")
     except MlflowException as exc:
@@ -61,73 +52,6 @@ def _approved(settings: Settings, model: str, version: str | None) -> str:
     if mv.tags.get("gate") != "passed":
         raise PromotionError(f"{name} v{mv.version} has not passed the gate (gate={mv.tags.get('gate', 'not run')})")
     return str(mv.version)
-
-
-def smoke_requests(model: str, settings: Settings) -> list[dict]:
-    """Golden requests for the service of ``model``: each with a path, a body and the expected status."""
-    if SERVICES[model] == "melu":
-        from pipelines.training.meta import load_rows
-
-        rows = load_rows(settings.data_dir)
-        user = rows[rows["scenario"] == "new_user"]
-        user = user[user["user_id"] == user["user_id"].iloc[0]]
-        rated = user[user["role"] == "support"]
-        support = [
-            {"item_id": int(i), "rating": float(r)} for i, r in zip(rated["item_id"], rated["rating"], strict=True)
-        ]
-        candidates = [int(i) for i in user[user["role"] == "query"]["item_id"]]
-        n_candidates = len(candidates)
-        return [
-            {"path": "/adapt", "body": {"support": support, "candidates": candidates}, "status": 200,
-             "check": lambda r: len(r["predictions"]) == n_candidates},
-            {"path": "/adapt", "body": {"support": [], "candidates": [*candidates[:3], UNKNOWN_ID]}, "status": 200,
-             "check": lambda r: r["unknown_items"] == [UNKNOWN_ID] and len(r["predictions"]) == 3},
-            {"path": "/evidence", "body": {"k": 5}, "status": 200, "check": lambda r: len(r["items"]) <= 5},
-            {"path": "/adapt", "body": {"support": [{"item_id": candidates[0], "rating": 9}], "candidates": [1]},
-             "status": 400},
-            {"path": "/adapt", "body": {"candidates": []}, "status": 400},
-        ]  # fmt: skip
-    from pipelines.data.contract import Store
-
-    data = Store(settings.data_dir, "sim")
-    impressions = data.read(
-        "impressions", data.partitions("impressions", layer="clean")[-1], layer="clean", columns=["user_id", "item_id"]
-    ).to_pandas()
-    user = int(impressions["user_id"].iloc[0])
-    items = [int(i) for i in impressions["item_id"].drop_duplicates().head(50)]
-    n_items = len(items)
-    return [
-        {"path": "/rank", "body": {"user_id": user, "candidates": items}, "status": 200,
-         "check": lambda r: len(r["items"]) == n_items and not r["new_user"]},
-        {"path": "/rank", "body": {"user_id": UNKNOWN_ID, "candidates": items[:10]}, "status": 200,
-         "check": lambda r: r["new_user"] and len(r["items"]) == 10},
-        {"path": "/rank", "body": {"user_id": user, "candidates": [UNKNOWN_ID, *items[:5]]}, "status": 200,
-         "check": lambda r: any(i["item_id"] == UNKNOWN_ID and "default_item_embedding" in i["policies"]
-                                for i in r["items"])},
-        {"path": "/rank", "body": {"user_id": user, "candidates": []}, "status": 400},
-        {"path": "/rank", "body": {"user_id": "not-a-number", "candidates": items[:3]}, "status": 400},
-    ]  # fmt: skip
-
-
-def smoke_test(url: str, token: str, requests: list[dict]) -> list[str]:
-    """Run the golden requests (plus an unauthenticated one); returns the failures (empty = passed)."""
-    import httpx
-
-    failures = []
-    headers = {"Authorization": f"Bearer {token}"}
-    first = requests[0]
-    unauthorized = httpx.post(url + first["path"], json=first["body"], timeout=30)
-    if unauthorized.status_code != 401:
-        failures.append(f"{first['path']} without a token answered {unauthorized.status_code}, expected 401")
-    for request in requests:
-        response = httpx.post(url + request["path"], json=request["body"], headers=headers, timeout=30)
-        if response.status_code != request["status"]:
-            failures.append(f"{request['path']} {json.dumps(request['body'])[:120]} answered {response.status_code} "
-                            f"(expected {request['status']}): {response.text[:300]}")  # fmt: skip
-        elif "check" in request and not request["check"](response.json()):
-            failures.append(f"{request['path']} {json.dumps(request['body'])[:120]}: unexpected answer "
-                            f"{response.text[:300]}")  # fmt: skip
-    return failures
 
 
 def await_online_store(settings: Settings, timeout_s: float, poll_s: float = 5.0, dataset: str = "sim") -> None:
@@ -174,8 +98,9 @@ def promote(
     ``smoke`` replaces the golden requests (tests use it to make the smoke test fail on purpose). A ranker waits
     up to ``online_wait_s`` for the online store to hold the newest clean day (:func:`await_online_store`).
     """
+    entry = catalog_model(model)
     version = _approved(settings, model, version)
-    client, name = _client(settings), registered_name(model)
+    client, name = registry_client(settings), entry.registered_name
     current = staging_record(settings, model)
     if current and str(current["version"]) == str(version) and smoke is None:
         # Already staging (a re-run of a finished day): nothing to build, nothing to move.
@@ -183,10 +108,10 @@ def promote(
         return current | {"unchanged": True}
     try:
         model_tag = import_model(settings, model, version)
-        bento = build(settings, SERVICES[model], model_tag)
+        bento = build(settings, entry.family.bento_service, model_tag)
     except BentoError as exc:
         raise PromotionError(str(exc)) from exc
-    if SERVICES[model] != "melu":  # the rankers read the online store; MeLU's service does not
+    if entry.family.reads_online_store:
         await_online_store(settings, online_wait_s)
     token = secrets.token_urlsafe(16)
     try:
@@ -194,7 +119,8 @@ def promote(
     except BentoError as exc:
         raise PromotionError(str(exc)) from exc
     try:
-        failures = smoke_test(url, token, smoke if smoke is not None else smoke_requests(model, settings))
+        golden = smoke if smoke is not None else entry.call("smoke_requests", settings, entry)
+        failures = smoke_test(url, token, golden)
     finally:
         stop(process)
     if failures:
@@ -224,9 +150,9 @@ def rollback(settings: Settings, model: str) -> dict:
     """Put the previous staging version (and its bento) back; returns the new staging record."""
     current = staging_record(settings, model)
     if not current or not current["history"]:
-        raise PromotionError(f"{registered_name(model)}: no earlier staging version to roll back to")
+        raise PromotionError(f"{catalog_model(model).registered_name}: no earlier staging version to roll back to")
     previous, *older = current["history"]
-    client, name = _client(settings), registered_name(model)
+    client, name = registry_client(settings), catalog_model(model).registered_name
     client.set_registered_model_alias(name, "staging", previous["version"])
     client.set_registered_model_alias(name, "champion", previous["version"])
     record = {**current, **previous, "history": older, "rolled_back_from": current["version"],

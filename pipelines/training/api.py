@@ -1,4 +1,5 @@
-"""Train one ranker on a point-in-time training set, track it in MLflow and register it as ``candidate``."""
+"""Train a model of the catalog (:func:`train`), and the rankers' way of doing it: a point-in-time training set
+from Feast, the generic trainer, one MLflow run, a registered version with alias ``candidate``."""
 
 from __future__ import annotations
 
@@ -11,31 +12,41 @@ import shutil
 import numpy as np
 import pandas as pd
 
+from pipelines.catalog import TRAINING_EXPERIMENT, Model
+from pipelines.catalog import model as catalog_model
 from pipelines.data.contract import Store
 from pipelines.features.store import get_store
 from pipelines.features.training_set import build_training_set, view_joins
 from pipelines.models import RANKERS
 from pipelines.settings import Settings, get_settings, use_mlflow_experiment
+from pipelines.training.config import TrainConfig, TrainRequest
 from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder
 from pipelines.training.registry import build_ranker, log_and_register
-from pipelines.training.trainer import (
-    Checkpoint,
-    EarlyStopping,
-    LogMetrics,
-    TrainConfig,
-    Trainer,
-    distributed_rank,
-)
+from pipelines.training.trainer import Checkpoint, EarlyStopping, LogMetrics, Trainer, distributed_rank
 
 log = logging.getLogger(__name__)
 
-MLFLOW_EXPERIMENT = "coldstart_training"
-# Which versioned feature service each model reads.
-SERVICES = {"base": "esmm_v1", "shared_bottom": "esmm_v1", "esmm": "esmm_v1", "mmoe": "esmm_v1", "ple": "ple_uie_v1"}
+
+def train(model: str, request: TrainRequest) -> dict:
+    """Train ``model`` as its family does (the family's ``train`` hook); settings from the environment."""
+    entry = catalog_model(model)
+    settings = get_settings()
+    settings.ensure_home()
+    return entry.call("train", settings, entry, request)
 
 
-def registered_name(model: str) -> str:
-    return f"coldstart_{model}"
+def train_ranker(settings: Settings, model: Model, request: TrainRequest) -> dict:
+    """The rankers' ``train`` hook: the request's window (or ``window_days`` clean days ending at its ``end``),
+    POSO and UIE as asked, then :func:`train_for_run`."""
+    if request.start is None:
+        if request.end is None:
+            raise ValueError(f"training {model.name} needs the window's last day (`end`)")
+        start, end = training_window(Store(settings.data_dir, request.dataset), request.end, request.window_days)
+    else:
+        start, end = request.start, request.end or request.start
+    config = {"poso": request.poso} | ({"uie": {}} if request.uie and model.options.get("uie") else {})
+    return train_for_run(model.name, request.dataset, start, end, config | request.overrides,
+                         request.train.model_dump(exclude_defaults=True), reuse=request.reuse)  # fmt: skip
 
 
 def output_aucs(out, data) -> dict[str, float]:
@@ -100,20 +111,13 @@ def train_model(
             name and shape initialise the new model; UIE's centroids are then re-seeded (k-means++) from the
             warm user tower, the remedy for centroid collapse.
     """
-    import mlflow
-
     if model not in RANKERS:
         raise ValueError(f"unknown model {model!r}; choose from {sorted(RANKERS)}")
     cfg = RANKERS[model].config_class(**(model_config or {}))  # unknown keys fail here
     tcfg = TrainConfig(**(train_config or {}))
-    train_frame, val_frame = split_by_time(frame)
-    encoder = FeatureEncoder.fit(train_frame)
-    train, val = encoder.transform(train_frame), encoder.transform(val_frame)
-    rows = {"train_rows": len(train_frame), "val_rows": len(val_frame)}
-    example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True).copy()
-    # Encoded, the frame is not needed: a training set the caller did not keep (train_for_run passes its own)
-    # is freed here, before training (GBs at 10M impressions).
-    del frame, train_frame, val_frame
+    # The caller's frame is handed over: once encoded it is freed (GBs at 10M impressions).
+    train, val, encoder, rows, example = _encoded(frame)
+    del frame
     resolved = cfg.model_dump()
     import torch
 
@@ -138,33 +142,61 @@ def train_model(
     if rank > 0:  # under torchrun only rank 0 talks to MLflow
         trainer = fit(None)
         return {"model": model, "rank": rank, "epochs": trainer.state.epoch}
-    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
-    with mlflow.start_run(run_name=f"{model} {key}") as run:
-        mlflow.log_params(
-            {"model": model, "world_size": world, **{f"train.{k}": v for k, v in tcfg.model_dump().items()}}
-        )
-        mlflow.log_dict({"model": resolved, "train": tcfg.model_dump(), "lineage": lineage}, "resolved_config.json")
-        mlflow.set_tags({f"lineage.{k}": str(v) for k, v in (lineage or {}).items()} | {"training_key": key})
-        mlflow.log_metrics(rows)
-        trainer = fit(mlflow.log_metrics)
-        # The model holds the weights of the epoch early stopping kept, and that epoch's AUCs were computed on
-        # the same day with the same weights: no second pass over the validation day.
-        final = {k: v for k, v in trainer.kept_metrics().items() if k.startswith("val_auc")}
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
-        if getattr(net, "uie", None) is not None:
-            mlflow.log_metric("uie_user_centroid_entropy", net.uie.user_memory.usage_entropy())
-        version = log_and_register(net, model, resolved, encoder, example, registered_name(model))
+    use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
+    run = _Run(model, key, world, tcfg, resolved, lineage)
+    result = run.track(fit, rows, lambda trained: log_and_register(trained, model, resolved, encoder, example,
+                                                                   catalog_model(model).registered_name))  # fmt: skip
     # The checkpoint only serves to resume a killed run: once the version is registered, a retrain starts afresh.
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return {
-        "model": model,
-        "run_id": run.info.run_id,
-        "registered_model": registered_name(model),
-        "version": version,
-        "epochs": trainer.state.epoch,
-        "world_size": world,
-        "metrics": {k: float(v) for k, v in final.items()},
-    }
+    return result
+
+
+def _encoded(frame: pd.DataFrame) -> tuple[dict, dict, FeatureEncoder, dict, pd.DataFrame]:
+    """Time split, encoder fitted on the training days: (train, val, encoder, row counts, a 5-row example)."""
+    train_frame, val_frame = split_by_time(frame)
+    encoder = FeatureEncoder.fit(train_frame)
+    train, val = encoder.transform(train_frame), encoder.transform(val_frame)
+    rows = {"train_rows": len(train_frame), "val_rows": len(val_frame)}
+    example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True).copy()
+    return train, val, encoder, rows, example
+
+
+class _Run:
+    """One tracked training run: params, resolved config and lineage, per-epoch metrics, the registered version."""
+
+    def __init__(self, model: str, key: str, world: int, tcfg: TrainConfig, resolved: dict, lineage: dict | None):
+        self.model, self.key, self.world, self.tcfg, self.resolved = model, key, world, tcfg, resolved
+        self.lineage = lineage or {}
+
+    def track(self, fit, rows: dict, register) -> dict:
+        """``fit(sink)`` inside an MLflow run, then ``register(net)``; returns the training summary."""
+        import mlflow
+
+        train = self.tcfg.model_dump()
+        with mlflow.start_run(run_name=f"{self.model} {self.key}") as run:
+            mlflow.log_params({"model": self.model, "world_size": self.world,
+                               **{f"train.{k}": v for k, v in train.items()}})  # fmt: skip
+            mlflow.log_dict({"model": self.resolved, "train": train, "lineage": self.lineage}, "resolved_config.json")
+            mlflow.set_tags({f"lineage.{k}": str(v) for k, v in self.lineage.items()} | {"training_key": self.key})
+            mlflow.log_metrics(rows)
+            trainer = fit(mlflow.log_metrics)
+            # The model holds the weights of the epoch early stopping kept, and that epoch's AUCs were computed on
+            # the same day with the same weights: no second pass over the validation day.
+            final = {k: v for k, v in trainer.kept_metrics().items() if k.startswith("val_auc")}
+            mlflow.log_metrics({f"final_{k}": v for k, v in final.items()})
+            net = trainer.model
+            if getattr(net, "uie", None) is not None:
+                mlflow.log_metric("uie_user_centroid_entropy", net.uie.user_memory.usage_entropy())
+            version = register(net)
+        return {
+            "model": self.model,
+            "run_id": run.info.run_id,
+            "registered_model": catalog_model(self.model).registered_name,
+            "version": version,
+            "epochs": trainer.state.epoch,
+            "world_size": self.world,
+            "metrics": {k: float(v) for k, v in final.items()},
+        }
 
 
 def training_key(model: str, resolved: dict, train: dict, lineage: dict | None) -> str:
@@ -207,14 +239,14 @@ def find_trained(settings: Settings, model: str, key: str):
     """The registered version of a finished run with ``training_key`` = ``key``, or None."""
     import mlflow
 
-    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
-    runs = mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT], output_format="list", max_results=1,
+    use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
+    runs = mlflow.search_runs(experiment_names=[TRAINING_EXPERIMENT], output_format="list", max_results=1,
                               filter_string=f"tags.training_key = '{key}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])  # fmt: skip
     if not runs:
         return None
     versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{runs[0].info.run_id}'")
-    return next((v for v in versions if v.name == registered_name(model)), None)
+    return next((v for v in versions if v.name == catalog_model(model).registered_name), None)
 
 
 def train_for_run(
@@ -235,7 +267,7 @@ def train_for_run(
     settings = get_settings()
     settings.ensure_home()
     data = Store(settings.data_dir, dataset)
-    service = SERVICES.get(model, "esmm_v1")
+    service = catalog_model(model).feature_service
     lineage = {"dataset": dataset, "start": start.isoformat(), "end": end.isoformat(), "feature_service": service,
                "data": data_fingerprint(data, start, end)}  # fmt: skip
     if model not in RANKERS:

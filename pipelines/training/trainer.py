@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from pipelines.training.config import TrainConfig
 from pipelines.training.dataset import batches
 
 log = logging.getLogger(__name__)
@@ -31,20 +31,6 @@ def distributed_rank() -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(1024, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 7
-    patience: int = Field(2, ge=1, description="Epochs without validation improvement before stopping.")
-    threads: int = Field(2, ge=1, description="torch intra-op threads (both cores of the machine).")
-    fused_adam: bool = Field(True, description="Adam's fused multi-tensor kernel (also on CPU).")
-    progress: bool = False
 
 
 @dataclass

@@ -6,10 +6,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines.data.movielens import ingest_movielens
+from pipelines.data.movielens import ingest_movielens, load_rows
 from pipelines.models.melu import MeLUConfig
 from pipelines.settings import get_settings
-from pipelines.training.meta import load_rows, train_melu
+from pipelines.training.melu import train_melu
 
 
 def test_melu_trains_registers_and_adapts_to_a_new_user(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""MeLU's meta-learning loop on MovieLens-1M: tasks from MeLU's split, global updates over task batches,
-evaluation per scenario (adapt on each user's support set, MAE / RMSE on the query set), MLflow registration.
+"""MeLU's training (Lee et al., KDD 2019): the meta-learning loop on MovieLens-1M (tasks from MeLU's split, global
+updates over task batches), evaluation per scenario (adapt on each user's support set, MAE / RMSE on the query
+set), the pyfunc that serves it and its MLflow registration. The MeLU family's ``train`` hook.
 
-Features (the split has no IMDb director / actor / rating fields, so those of the paper are absent): user gender,
-age, occupation and zip code; item release year; genres as a multi-hot field.
+Fields: ``pipelines.data.movielens.USER_FIELDS`` and ``ITEM_FIELDS``; genres as a multi-hot field.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.data.contract import Store
-from pipelines.data.movielens import DATASET, read_melu_split
+from pipelines.catalog import TRAINING_EXPERIMENT, Model
+from pipelines.catalog import model as catalog_model
+from pipelines.data.movielens import DATASET, ITEM_FIELDS, USER_FIELDS, load_rows
 from pipelines.models.melu import MeLU, MeLUConfig, Task
 from pipelines.settings import Settings, use_mlflow_experiment
+from pipelines.training.config import TrainRequest
 
 log = logging.getLogger(__name__)
 
-USER_FIELDS = ["gender", "age", "occupation", "region"]
-ITEM_FIELDS = ["release_year"]
-MLFLOW_EXPERIMENT = "coldstart_training"
-REGISTERED = "coldstart_melu"
+NAME = "melu"
 
 
 @dataclass
@@ -60,16 +59,6 @@ class MeluEncoder:
         if "rating" in rows:
             out["rating"] = torch.from_numpy(rows["rating"].to_numpy(np.float32))
         return out
-
-
-def load_rows(data_dir: Path) -> pd.DataFrame:
-    """MeLU's split joined to user and item features."""
-    store = Store(data_dir, DATASET)
-    split = read_melu_split(data_dir)
-    users = store.read_range("users", columns=["user_id", *[c for c in USER_FIELDS]]).to_pandas()
-    items = store.read_range("items", columns=["item_id", "content_vector"]).to_pandas()
-    years = pd.read_parquet(store.root / "raw" / "item_titles.parquet")[["item_id", "release_year"]]
-    return split.merge(users, on="user_id").merge(items, on="item_id").merge(years, on="item_id")
 
 
 def tasks_of(rows: pd.DataFrame, encoder: MeluEncoder) -> dict[str, list[Task]]:
@@ -147,9 +136,9 @@ def train_melu(
     tasks = tasks_of(rows, encoder)
     train = tasks["warm"][:max_tasks] if max_tasks else tasks["warm"]
     model = MeLU(encoder.cardinalities(), [rows["content_vector"].iloc[0].shape[0]], cfg)
-    use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
+    use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
     with mlflow.start_run(run_name=f"melu-{cfg.local_steps}") as run:
-        mlflow.log_params({"model": "melu", "epochs": epochs, **cfg.model_dump()})
+        mlflow.log_params({"model": NAME, "epochs": epochs, **cfg.model_dump()})
         mlflow.set_tags({"lineage.dataset": DATASET, "lineage.split": "melu"})
         fit_melu(model, train, epochs, seed, on_epoch=lambda e, loss: mlflow.log_metric("meta_loss", loss, step=e))
         scores = {name: evaluate(model, scenario_tasks[:max_tasks] if max_tasks else scenario_tasks)
@@ -161,7 +150,14 @@ def train_melu(
         example = first.assign(role=np.where(first["role"] == "support", "support", "candidate"))
         version = _register(model, cfg, encoder, example[[*USER_FIELDS, *ITEM_FIELDS, "item_id", "content_vector",
                                                            "rating", "role"]].reset_index(drop=True))  # fmt: skip
-    return {"run_id": run.info.run_id, "registered_model": REGISTERED, "version": version, "scores": scores}
+    return {"run_id": run.info.run_id, "registered_model": catalog_model(NAME).registered_name, "version": version,
+            "scores": scores}  # fmt: skip
+
+
+def train_for_catalog(settings: Settings, model: Model, request: TrainRequest) -> dict:
+    """The MeLU family's ``train`` hook: the request's overrides configure MeLU, its epochs and seed the loop."""
+    result = train_melu(settings, MeLUConfig(**request.overrides), epochs=request.train.epochs, seed=request.train.seed)
+    return result | {"model": model.name}
 
 
 class MeluModel(mlflow.pyfunc.PythonModel):
@@ -208,8 +204,8 @@ def _register(model: MeLU, cfg: MeLUConfig, encoder: MeluEncoder, example: pd.Da
             artifacts={"weights": str(folder / "weights.pt"), "meta": str(folder / "meta.json")},
             input_example=example,
             signature=infer_signature(example, output),
-            registered_model_name=REGISTERED,
+            registered_model_name=catalog_model(NAME).registered_name,
         )
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(REGISTERED, "candidate", version)
+    mlflow.MlflowClient().set_registered_model_alias(catalog_model(NAME).registered_name, "candidate", version)
     return version
