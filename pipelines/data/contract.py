@@ -1,4 +1,4 @@
-"""The event-log contract: every table's schema, and the only reader and writer of partitioned parquet.
+"""The event-log contract: the only reader and writer of partitioned parquet (schemas: :mod:`.schemas`).
 
 Layout under ``COLDSTART_HOME``::
 
@@ -25,183 +25,44 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TS = pa.timestamp("us", tz="UTC")
+from pipelines.data.schemas import (
+    ASSIGNMENTS,
+    BUCKETS,
+    IMPRESSION_TRUTH,
+    IMPRESSIONS,
+    ITEMS,
+    PUBLISHES,
+    RATINGS,
+    RECALL_CHANNELS,
+    TABLES,
+    TS,
+    USERS,
+    ContractError,
+    TableSpec,
+    table_spec,
+)
+
+# The table declarations live in ``schemas``; they are re-exported so that the contract stays one import.
+__all__ = [
+    "ASSIGNMENTS", "BUCKETS", "IMPRESSION_TRUTH", "IMPRESSIONS", "ITEMS", "LAYERS", "PART_FILE", "PUBLISHES",
+    "RATINGS", "RECALL_CHANNELS", "TABLES", "TS", "USERS", "ContractError", "MissingPartitionError",
+    "PartitionWriter", "Store", "TableSpec", "conform", "day_bounds", "sql_file_list", "table_spec", "write_file",
+]  # fmt: skip
+
 PART_FILE = "part-0.parquet"
 LAYERS = ("raw", "clean", "quarantine", "truth")
-RECALL_CHANNELS = ("popular", "interest", "new_item", "random")
-BUCKETS = ("control", "treatment")
-
-
-class ContractError(ValueError):
-    """A table, layer or row set that does not fit the contract."""
 
 
 class MissingPartitionError(FileNotFoundError):
     """A partition that was asked for does not exist."""
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """One table of the contract.
-
-    Attributes:
-        name: table name, also its folder name.
-        schema: the exact pyarrow schema of every partition.
-        time_column: the column whose UTC day names the partition.
-        key: columns that identify a row uniquely.
-        kind: ``event`` (time inside the partition's day) or ``dimension`` (time at or before its end).
-    """
-
-    name: str
-    schema: pa.Schema
-    time_column: str
-    key: tuple[str, ...]
-    kind: str
-
-
-def _schema(*fields: pa.Field, doc: str) -> pa.Schema:
-    return pa.schema(list(fields), metadata={"doc": doc})
-
-
-USERS = TableSpec(
-    "users",
-    _schema(
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("signup_time", TS, nullable=False),
-        pa.field("gender", pa.string()),
-        pa.field("age", pa.int16()),
-        pa.field("occupation", pa.string()),
-        pa.field("region", pa.string()),
-        pa.field("device", pa.string()),
-        pa.field("is_author", pa.bool_(), nullable=False),
-        doc="One row per user, in the partition of the day the user signed up.",
-    ),
-    "signup_time",
-    ("user_id",),
-    "dimension",
-)
-
-ITEMS = TableSpec(
-    "items",
-    _schema(
-        pa.field("item_id", pa.int64(), nullable=False),
-        # Null where the source has no authors (MovieLens).
-        pa.field("author_id", pa.int64()),
-        pa.field("category", pa.string(), nullable=False),
-        pa.field("keywords", pa.list_(pa.string())),
-        pa.field("content_vector", pa.list_(pa.float32())),
-        pa.field("publish_time", TS, nullable=False),
-        doc="One row per item, in the partition of the day it was published.",
-    ),
-    "publish_time",
-    ("item_id",),
-    "dimension",
-)
-
-IMPRESSIONS = TableSpec(
-    "impressions",
-    _schema(
-        pa.field("request_id", pa.int64(), nullable=False),
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("event_time", TS, nullable=False),
-        pa.field("position", pa.int16(), nullable=False),
-        pa.field("recall_channel", pa.string(), nullable=False),
-        pa.field("experiment_bucket", pa.string(), nullable=False),
-        pa.field("click", pa.int8(), nullable=False),
-        pa.field("conversion", pa.int8(), nullable=False),
-        pa.field("dwell_seconds", pa.float32(), nullable=False),
-        doc="One row per item shown in a feed request, with the user's response.",
-    ),
-    "event_time",
-    ("request_id", "position"),
-    "event",
-)
-
-PUBLISHES = TableSpec(
-    "publishes",
-    _schema(
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("author_id", pa.int64(), nullable=False),
-        pa.field("publish_time", TS, nullable=False),
-        doc="One row per item an author published (the author-side event log).",
-    ),
-    "publish_time",
-    ("item_id",),
-    "event",
-)
-
-ASSIGNMENTS = TableSpec(
-    "assignments",
-    _schema(
-        pa.field("experiment_id", pa.string(), nullable=False),
-        pa.field("unit_type", pa.string(), nullable=False),
-        pa.field("unit_id", pa.int64(), nullable=False),
-        pa.field("bucket", pa.string(), nullable=False),
-        pa.field("design", pa.string(), nullable=False),
-        pa.field("assigned_at", TS, nullable=False),
-        doc="Experiment assignment of a unit (user or author) to a bucket, logged when first assigned.",
-    ),
-    "assigned_at",
-    ("experiment_id", "unit_type", "unit_id"),
-    "event",
-)
-
-RATINGS = TableSpec(
-    "ratings",
-    _schema(
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("rating", pa.float32(), nullable=False),
-        pa.field("event_time", TS, nullable=False),
-        doc="Explicit feedback (MovieLens ratings, 1-5).",
-    ),
-    "event_time",
-    ("user_id", "item_id"),
-    "event",
-)
-
-# Ground truth the simulator writes beside its logs (layer ``truth``), aligned with ``impressions``.
-IMPRESSION_TRUTH = TableSpec(
-    "impression_truth",
-    _schema(
-        pa.field("request_id", pa.int64(), nullable=False),
-        pa.field("position", pa.int16(), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("event_time", TS, nullable=False),
-        pa.field("is_new_user", pa.bool_(), nullable=False),
-        pa.field("p_click", pa.float32(), nullable=False),
-        pa.field("p_conversion_given_click", pa.float32(), nullable=False),
-        doc="True click probability (with position bias) and conversion probability given a click.",
-    ),
-    "event_time",
-    ("request_id", "position"),
-    "event",
-)
-
-TABLES: dict[str, TableSpec] = {
-    spec.name: spec for spec in (USERS, ITEMS, IMPRESSIONS, PUBLISHES, ASSIGNMENTS, RATINGS, IMPRESSION_TRUTH)
-}
-
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-
-
-def table_spec(name: str) -> TableSpec:
-    """Look a table up by name.
-
-    Raises:
-        ContractError: for a name the contract does not define.
-    """
-    try:
-        return TABLES[name]
-    except KeyError:
-        raise ContractError(f"Unknown table {name!r}; the contract defines {sorted(TABLES)}") from None
 
 
 def _check_layer(layer: str) -> None:

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from pipelines.data.contract import Store
-from pipelines.data.simulator import SimulatorConfig
+from pipelines.data.contract import RECALL_CHANNELS, Store
+from pipelines.data.simulator import Simulator, SimulatorConfig
 
 from ..conftest import run_sim
 
@@ -50,6 +50,37 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
     a, b, c = (digest(tmp_path / x / "sim") for x in "abc")
     assert a == b and len(a) >= 12
     assert a != c
+
+
+class _RecordingFeed:
+    """Wraps a feed and keeps every candidate slate and shown slate that crossed the seam."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = []
+
+    def order(self, requests, candidates):
+        shown = self.inner.order(requests, candidates)
+        self.calls.append((candidates, shown))
+        return shown
+
+
+def test_the_feed_only_reorders_candidates_and_the_log_shows_its_order(tmp_path: Path) -> None:
+    _, cfg, _ = run_sim(tmp_path / "plain", days=1, users=500)
+    recorded = Store(tmp_path / "recorded", "sim")
+    sim = Simulator(cfg, recorded)
+    sim.feed = _RecordingFeed(sim.feed)
+    sim.run()
+    assert digest(tmp_path / "recorded" / "sim") == digest(tmp_path / "plain" / "sim"), "the seam changed the run"
+    assert sim.feed.calls
+    for candidates, shown in sim.feed.calls:
+        assert shown.items.shape == candidates.items.shape
+        # Each slate is a permutation of its candidates, every item keeping its recall channel.
+        pairs = [np.sort(s.items * len(RECALL_CHANNELS) + s.channel, axis=1) for s in (candidates, shown)]
+        assert (pairs[0] == pairs[1]).all()
+    logged = frame(recorded, "impressions")
+    shown_items = np.concatenate([shown.items.ravel() for _, shown in sim.feed.calls])
+    assert (logged["item_id"].to_numpy() == shown_items).all()
 
 
 def test_rerun_with_fewer_days_removes_stale_partitions(tmp_path: Path) -> None:

@@ -1,0 +1,123 @@
+"""The simulator's knobs (:class:`SimulatorConfig`), its fixed vocabularies and what a run reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.data.schemas import RECALL_CHANNELS
+
+CATEGORIES = (
+    "food", "travel", "fashion", "beauty", "fitness", "tech", "gaming", "pets",
+    "music", "movies", "books", "home", "parenting", "finance", "cars", "art",
+)  # fmt: skip
+OCCUPATIONS = ("student", "engineer", "teacher", "artist", "doctor", "sales", "retired", "other")
+DEVICES = ("ios", "android", "web")
+HOURS = 24
+US_PER_SECOND = 1_000_000
+HOUR_US = 3600 * US_PER_SECOND
+DAY_US = 86_400 * US_PER_SECOND
+
+Policy = Literal["popularity", "random", "boost"]
+Design = Literal["none", "user_split", "author_split"]
+
+
+class SimulatorConfig(BaseModel):
+    """Every knob of the simulator; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 7
+    days: int = Field(14, ge=1)
+    start_date: dt.date = dt.date(2026, 1, 1)
+    users: int = Field(20_000, ge=10, description="Users who exist before the log starts.")
+    new_users_per_day: float = Field(0.01, ge=0, description="Daily signups as a share of `users`.")
+    new_user_days: int = Field(7, ge=1, description="A user is new for this many days after signup.")
+    new_user_activity: float = Field(0.5, gt=0, description="Activity of a new user relative to an old one.")
+    n_topics: int = Field(16, ge=2, le=len(CATEGORIES))
+    interest_concentration: float = Field(0.3, gt=0, description="Dirichlet alpha of user interests.")
+    content_dim: int = Field(16, ge=2)
+    content_noise: float = Field(0.6, ge=0)
+    author_share: float = Field(0.05, gt=0, le=1)
+    initial_items_per_author: float = Field(6.0, ge=1)
+    publish_rate: float = Field(0.25, gt=0, description="Base items per author per day.")
+    publish_exposure_gain: float = Field(
+        1.5, ge=0, description="Publishing rate multiplier at full early exposure is 1 + gain."
+    )
+    early_exposure_target: int = Field(60, ge=1, description="Exposures in an item's first 24 h that count as full.")
+    item_lifetime_days: int = Field(30, ge=1)
+    new_item_hours: int = Field(48, ge=1, description="Age under which the new_item channel may show an item.")
+    popularity_half_life_days: float = Field(2.0, gt=0)
+    requests_per_user_per_day: float = Field(1.0, gt=0, description="Feed requests per user per day, on average.")
+    impressions_per_day: int | None = Field(None, ge=1, description="Overrides the traffic volume if set.")
+    slate_size: int = Field(10, ge=1, le=100)
+    # Click model (logits).
+    ctr_bias: float = -3.8
+    match_weight: float = 1.2
+    quality_weight: float = 0.7
+    position_decay: float = Field(0.6, ge=0)
+    warm_popularity_weight: float = 0.1
+    new_user_logit_shift: float = 0.5
+    new_user_match_weight: float = 0.3
+    new_user_popularity_weight: float = 0.8
+    # Conversion model given a click (logits).
+    cvr_bias: float = -3.4
+    cvr_match_weight: float = 0.6
+    cvr_quality_weight: float = 1.0
+    new_user_cvr_shift: float = 0.3
+    # Exposure policy: channel mix (popular, interest, new_item, random) per policy.
+    policy: Policy = "popularity"
+    channel_mix: dict[str, tuple[float, float, float, float]] = Field(
+        default_factory=lambda: {
+            "popularity": (0.40, 0.45, 0.05, 0.10),
+            "random": (0.0, 0.0, 0.0, 1.0),
+            "boost": (0.35, 0.40, 0.20, 0.05),
+        }
+    )
+    design: Design = "user_split"
+    experiment_id: str = "exp_new_item_boost"
+    treatment_policy: Policy = "boost"
+    treatment_share: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_mixes(self) -> SimulatorConfig:
+        for name in ("popularity", "random", "boost"):
+            mix = self.channel_mix.get(name)
+            if mix is None or len(mix) != len(RECALL_CHANNELS) or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
+                raise ValueError(f"channel_mix[{name!r}] must be {len(RECALL_CHANNELS)} shares summing to 1")
+        return self
+
+    @property
+    def end_date(self) -> dt.date:
+        return self.start_date + dt.timedelta(days=self.days - 1)
+
+
+@dataclass
+class SimulationSummary:
+    """What a run wrote."""
+
+    days: list[dt.date]
+    users: int = 0
+    items: int = 0
+    impressions: int = 0
+    clicks: int = 0
+    conversions: int = 0
+    publishes: int = 0
+    new_user_impressions: int = 0
+    seconds: float = 0.0
+    per_day: list[dict] = field(default_factory=list)
+
+    def add_day(self, day: dt.date, traffic: dict[str, int], signups: int, publishes: int) -> None:
+        """Fold one day's traffic counts (see ``Simulator._traffic``), signups and publishes into the totals."""
+        self.impressions += traffic["impressions"]
+        self.clicks += traffic["clicks"]
+        self.conversions += traffic["conversions"]
+        self.new_user_impressions += traffic["new_user_impressions"]
+        self.publishes += publishes
+        self.per_day.append(
+            {"date": day.isoformat(), "impressions": traffic["impressions"], "clicks": traffic["clicks"],
+             "signups": signups, "publishes": publishes}
+        )  # fmt: skip

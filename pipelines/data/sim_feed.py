@@ -1,0 +1,54 @@
+"""The feed's side of a simulated hour: the requests it serves, the slates it orders, and today's legacy ordering.
+
+:meth:`pipelines.data.simulator.Simulator._order` hands a feed the candidate slates of an hour's requests and
+logs the slates in the order the feed returns. A feed sees only what the platform observes (the items' exposure
+and click counters), never the world's hidden truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.data.sim_world import World
+
+
+@dataclass(frozen=True)
+class Requests:
+    """The feed requests of one hour, in time order."""
+
+    user: np.ndarray  # [n_requests] user index
+    time_us: np.ndarray  # [n_requests] request time, microseconds since the epoch
+    is_new_user: np.ndarray  # [n_requests] bool: signed up less than new_user_days ago
+
+
+@dataclass(frozen=True)
+class Slates:
+    """One slate per request: the items shown and the recall channel each came from."""
+
+    items: np.ndarray  # [n_requests, slate_size] item index
+    channel: np.ndarray  # [n_requests, slate_size] index into RECALL_CHANNELS
+
+    @property
+    def position(self) -> np.ndarray:
+        """[n_requests * slate_size] int16: each flattened slot's position in its slate."""
+        n_requests, slate_size = self.items.shape
+        return np.tile(np.arange(slate_size, dtype=np.int16), n_requests)
+
+
+class LegacyFeed:
+    """Today's feed: orders each slate by its items' observed smoothed CTR plus Gumbel noise."""
+
+    def __init__(self, world: World, rng: np.random.Generator) -> None:
+        self._world = world
+        self._rng = rng
+
+    def order(self, requests: Requests, candidates: Slates) -> Slates:
+        """The candidate slates reordered, best first; draws one Gumbel per slot from the run's generator."""
+        items = candidates.items
+        # The counters grow with the world, so they are read at call time, not kept.
+        est_ctr = (self._world.i_clicks.view[items] + 1.0) / (self._world.i_exposures.view[items] + 20.0)
+        score = np.log(est_ctr) + self._rng.gumbel(size=items.shape) * 0.5
+        order = np.argsort(-score, axis=1, kind="stable")
+        return Slates(np.take_along_axis(items, order, axis=1), np.take_along_axis(candidates.channel, order, axis=1))
