@@ -49,6 +49,9 @@ class Family:
             name a day); a family with its own dataset (MeLU on MovieLens-1M) does not.
         reads_online_store: whether its service reads Feast's online store (promotion then waits for it).
         hooks: hook name -> ``"module:function"`` or a callable.
+        demo: how ``coldstart demo`` trains a family that does not train on the simulated window, in a chapter
+            of its own: ``train_models`` Params (``model_config`` applies to each of its models). Empty: the
+            demo leaves it out.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Family:
     trains_on_window: bool = True
     reads_online_store: bool = True
     hooks: Mapping[str, Hook] = field(default_factory=dict)
+    demo: Mapping[str, Any] = field(default_factory=dict)
 
     def hook(self, name: str) -> Callable[..., Any]:
         """The hook ``name``, imported."""

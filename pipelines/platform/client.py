@@ -1,27 +1,53 @@
-"""A small client of Airflow 3's REST API, and a follower of the Asset-chained DAGs.
+"""Airflow 3's REST API through its official client, and a follower of the Asset-chained DAGs.
 
-What the README's curl examples do (a token from ``/auth/token``, then ``/api/v2`` calls with it), for the demo,
-the tests and the benchmarks: trigger a DAG with a conf, wait for a run, and follow everything the run set off
-downstream through Assets until the chain is quiet.
+The calls go through ``apache-airflow-client`` (the pinned Airflow's own generated client); what no library has
+is here: trigger a DAG with a conf, wait for a run, follow everything it set off downstream through Assets until
+the chain is quiet, and say why a run failed. Runs and task instances come back as the REST API's JSON (dicts).
+
+Errors: Airflow refusing a request raises the client's ``ApiException`` (``NotFoundException`` for an unknown DAG,
+``BadRequestException`` for a conf its Params reject, ...); an unreachable Airflow or a refused login raises
+``ChainError``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-import httpx
+import urllib3
+from airflow_client.client import (
+    ApiClient,
+    AssetApi,
+    Configuration,
+    DAGApi,
+    DAGPatchBody,
+    DagRunApi,
+    ImportErrorApi,
+    TaskInstanceApi,
+    TriggerDAGRunPostBody,
+)
+from airflow_client.client.exceptions import ForbiddenException, NotFoundException, UnauthorizedException
+from pydantic import BaseModel
 
 # The DAGs chained by Assets, in order: validate -> materialize -> train -> evaluate -> promote.
 CHAIN = ("validate_logs", "materialize_features", "train_models", "evaluate_models", "promote_bento")
 ACTIVE = {"queued", "running"}
+AUTH = ["OAuth2PasswordBearer", "HTTPBearer"]  # the bearer schemes of Airflow's spec, as the generated APIs name them
+
+T = TypeVar("T")
 
 
 class ChainError(RuntimeError):
     """Airflow cannot be reached or refused the login, a DAG is missing, or the chain did not finish in time."""
+
+
+def _json(model: BaseModel) -> dict:
+    """A response model as the REST API's JSON: ISO date strings, null fields kept (``to_dict`` drops them)."""
+    return model.model_dump(mode="json", by_alias=True)
 
 
 @dataclass
@@ -32,49 +58,90 @@ class AirflowClient:
     username: str
     password: str
     timeout: float = 30
-    _token: str | None = field(default=None, repr=False)
+    _api: ApiClient = field(init=False, repr=False)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return httpx.request(method, url, timeout=self.timeout, **kwargs)
-        except httpx.TransportError as exc:
-            raise ChainError(f"cannot reach Airflow at {self.base_url} ({exc}): is the platform up? "
-                             "(`coldstart platform status`)") from None  # fmt: skip
+    def __post_init__(self) -> None:
+        self._api = ApiClient(Configuration(host=self.base_url))
+        self._dags = DAGApi(self._api)
+        self._runs = DagRunApi(self._api)
+        self._tis = TaskInstanceApi(self._api)
+        self._assets = AssetApi(self._api)
+        self._import_errors = ImportErrorApi(self._api)
+
+    def _unreachable(self, exc: urllib3.exceptions.HTTPError) -> ChainError:
+        return ChainError(f"cannot reach Airflow at {self.base_url} ({exc}): is the platform up? "
+                          "(`coldstart platform status`)")  # fmt: skip
+
+    def _send(self, request: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``request`` (a generated API method, or ``_raw``) with a token, renewed once if it expired."""
+        for attempt in range(2):
+            if self._api.configuration.access_token is None:
+                self.token()
+            try:
+                # float(): the generated methods validate the timeout as a strict float (an int is refused).
+                return request(*args, _request_timeout=float(self.timeout), **kwargs)
+            except UnauthorizedException:
+                if attempt:
+                    raise
+                self._api.configuration.access_token = None
+            except urllib3.exceptions.HTTPError as exc:
+                raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def _raw(self, method: str, path: str, body: Any = None, params: dict | None = None, auth: bool = True,
+             _request_timeout: float | None = None) -> Any:  # fmt: skip
+        """``method <base_url><path>`` on the client's transport, JSON in and out; ``ApiException`` on an error."""
+        headers = {"Accept": "application/json"} | ({"Content-Type": "application/json"} if body is not None else {})
+        query = list((params or {}).items()) or None
+        request = self._api.param_serialize(
+            method, path, query_params=query, header_params=headers, body=body, auth_settings=AUTH if auth else None
+        )
+        reply = self._api.call_api(*request, _request_timeout=_request_timeout)
+        reply.read()
+        return self._api.response_deserialize(reply, {"2XX": "object"}).data
 
     def token(self) -> str:
-        reply = self._send("POST", f"{self.base_url}/auth/token",
-                           json={"username": self.username, "password": self.password})  # fmt: skip
-        if reply.status_code in (401, 403):
-            raise ChainError(f"Airflow at {self.base_url} refused the login of {self.username!r}: {reply.text[:200]}")
-        reply.raise_for_status()
-        self._token = reply.json()["access_token"]
-        return self._token
+        """A fresh access token (a JWT) for ``username``; the client sends it from then on.
+
+        ``POST /auth/token`` belongs to the simple auth manager, not to the REST API's spec, so the generated
+        client has no method for it.
+
+        Raises:
+            ChainError: Airflow cannot be reached or refused the login.
+        """
+        body = {"username": self.username, "password": self.password}
+        try:
+            reply = self._raw("POST", "/auth/token", body, auth=False, _request_timeout=float(self.timeout))
+        except (UnauthorizedException, ForbiddenException) as exc:
+            raise ChainError(f"Airflow at {self.base_url} refused the login of {self.username!r}: "
+                             f"{(exc.body or '')[:200]}") from None  # fmt: skip
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        self._api.configuration.access_token = reply["access_token"]
+        return reply["access_token"]
 
     def call(self, method: str, path: str, body: dict | None = None, **params: Any) -> Any:
-        """``method /api/v2<path>``; JSON in and out; raises ``httpx.HTTPStatusError`` with the body on failure."""
-        for attempt in range(2):
-            headers = {"Authorization": f"Bearer {self._token or self.token()}"}
-            reply = self._send(method, f"{self.base_url}/api/v2{path}", json=body, params=params or None,
-                               headers=headers)  # fmt: skip
-            if reply.status_code == 401 and attempt == 0:  # the token expired: one fresh one
-                self._token = None
-                continue
-            if reply.is_error:
-                raise httpx.HTTPStatusError(f"{method} {path}: {reply.status_code} {reply.text[:1000]}",
-                                            request=reply.request, response=reply)  # fmt: skip
-            return reply.json() if reply.content else None
-        raise AssertionError("unreachable")
+        """``method /api/v2<path>`` with ``params`` in the query, for endpoints with no method here.
+
+        Raises:
+            ApiException: Airflow refused the request (status and body on the exception).
+        """
+        return self._send(self._raw, method, f"/api/v2{path}", body, params)
 
     # ---- DAGs and runs ---------------------------------------------------------------------------------------
 
     def wait_for_dags(self, dag_ids: list[str] | tuple[str, ...], timeout: float = 180) -> None:
-        """Until the dag-processor has parsed every DAG in ``dag_ids`` (and reported no import error)."""
+        """Wait until the dag-processor has parsed every DAG in ``dag_ids``.
+
+        Raises:
+            ChainError: a DAG file failed to import, or a DAG did not appear within ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            errors = self.call("GET", "/importErrors")
-            if errors["total_entries"]:
-                raise ChainError(f"DAG import errors: {errors['import_errors']}")
-            known = {d["dag_id"] for d in self.call("GET", "/dags", limit=100)["dags"]}
+            errors = self._send(self._import_errors.get_import_errors)
+            if errors.total_entries:
+                raise ChainError(f"DAG import errors: {[_json(e) for e in errors.import_errors]}")
+            known = {d.dag_id for d in self._send(self._dags.get_dags, limit=100).dags}
             if set(dag_ids) <= known:
                 return
             if time.monotonic() > deadline:
@@ -82,28 +149,37 @@ class AirflowClient:
             time.sleep(2)
 
     def trigger(self, dag_id: str, conf: dict | None = None, note: str | None = None) -> dict:
-        """A manual run of ``dag_id`` with ``conf`` (the DAG is unpaused first); returns the run."""
-        self.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        body = {"logical_date": None, "conf": conf or {}} | ({"note": note} if note else {})
-        return self.call("POST", f"/dags/{dag_id}/dagRuns", body)
+        """Start a manual run of ``dag_id`` with ``conf``, unpausing the DAG first (new DAGs start paused).
+
+        Returns:
+            The run, as the REST API's JSON.
+        """
+        self._send(self._dags.patch_dag, dag_id, DAGPatchBody(is_paused=False))
+        # The body always carries `logical_date: null` (the client's model adds it): without it Airflow answers 422.
+        body = TriggerDAGRunPostBody(conf=conf or {}, note=note)
+        return _json(self._send(self._runs.trigger_dag_run, dag_id, body))
 
     def run(self, dag_id: str, run_id: str) -> dict:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+        """The run ``run_id`` of ``dag_id``."""
+        return _json(self._send(self._runs.get_dag_run, dag_id, run_id))
 
     def runs_since(self, dag_id: str, since: dt.datetime) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns", run_after_gte=since.isoformat(), order_by="run_after",
-                         limit=100)["dag_runs"]  # fmt: skip
+        """The runs of ``dag_id`` to run at or after ``since``, oldest first."""
+        runs = self._send(self._runs.get_dag_runs, dag_id, run_after_gte=since, order_by=["run_after"], limit=100)
+        return [_json(r) for r in runs.dag_runs]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances",
-                         limit=1000)["task_instances"]  # fmt: skip
+        """The task instances of a run (one per map index of a mapped task)."""
+        tis = self._send(self._tis.get_task_instances, dag_id, run_id, limit=1000)
+        return [_json(ti) for ti in tis.task_instances]
 
     def task_log(self, ti: dict, try_number: int | None = None) -> str:
-        """The log of a task try as the UI shows it (plain text)."""
+        """The log of a task try (by default its last) as the UI shows it, as plain text."""
+        # Not TaskInstanceApi.get_log: its StructuredLogMessage model drops every key but `event` and `timestamp`,
+        # and with them the `error_detail` that holds a failed task's exception.
         path = (f"/dags/{ti['dag_id']}/dagRuns/{quote(ti['dag_run_id'], safe='')}/taskInstances/{ti['task_id']}"
                 f"/logs/{try_number or max(ti['try_number'], 1)}")  # fmt: skip
-        body = self.call("GET", path, map_index=ti.get("map_index", -1), full_content="true")
-        content = body.get("content", "")
+        content = self.call("GET", path, map_index=ti.get("map_index", -1), full_content="true").get("content", "")
         if not isinstance(content, list):
             return str(content)
         lines = []
@@ -118,7 +194,11 @@ class AirflowClient:
         return "\n".join(lines)
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 900, poll: float = 2) -> dict:
-        """Until the run is no longer queued or running; returns it."""
+        """Wait until the run is no longer queued or running, and return it.
+
+        Raises:
+            ChainError: the run was still going after ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         while (run := self.run(dag_id, run_id))["state"] in ACTIVE:
             if time.monotonic() > deadline:
@@ -137,21 +217,22 @@ class AirflowClient:
         return "\n".join(lines)
 
     def queued_asset_events(self, dag_id: str) -> int:
-        """Asset events waiting to start a run of ``dag_id``."""
+        """The number of Asset events waiting to start a run of ``dag_id``."""
         try:
-            return self.call("GET", f"/dags/{dag_id}/assets/queuedEvents")["total_entries"]
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 404:  # nothing queued
-                return 0
-            raise
+            return self._send(self._assets.get_dag_asset_queued_events, dag_id).total_entries
+        except NotFoundException:  # nothing queued
+            return 0
 
     def follow(self, dag_ids: tuple[str, ...], since: dt.datetime, expect: tuple[str, ...] = (),
                timeout: float = 1800, poll: float = 3) -> dict[str, list[dict]]:  # fmt: skip
-        """Wait until every DAG in ``expect`` has run since ``since`` (or a run failed, which may keep the rest
-        from starting) and none of ``dag_ids`` has a run going or an Asset event waiting, three polls in a row;
-        returns each DAG's runs since then.
+        """Wait until the chain that ``dag_ids`` make is quiet, and return each DAG's runs since ``since``.
 
-        Failed runs are an outcome (a blocked gate), not an error: the caller reads their states.
+        Quiet: every DAG in ``expect`` has run since ``since`` (or a run failed, which may keep the rest from
+        starting) and none of ``dag_ids`` has a run going or an Asset event waiting, three polls in a row. Failed
+        runs are an outcome (a blocked gate), not an error: the caller reads their states.
+
+        Raises:
+            ChainError: the chain was not quiet after ``timeout`` seconds.
         """
         deadline, quiet = time.monotonic() + timeout, 0
         while True:
@@ -170,4 +251,5 @@ class AirflowClient:
 
 
 def now() -> dt.datetime:
+    """The current time in UTC (what ``follow``'s ``since`` compares with ``run_after``)."""
     return dt.datetime.now(dt.UTC)

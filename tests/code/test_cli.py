@@ -84,3 +84,18 @@ def test_evaluate_without_a_candidate_or_with_a_bad_slice_is_a_clear_error(_isol
     assert out.returncode == 2 and "exposure_edges must be positive and strictly increasing" in out.stderr, out.stderr
     out = run("champion", "esmm")
     assert out.returncode == 2 and "no `approved` version" in out.stderr, out.stderr
+
+
+def test_every_command_module_registers_its_commands_in_help_order() -> None:
+    """`pipelines.cli` registers the commands by importing one module per stage: a dropped import loses commands."""
+    import typer.main
+
+    from pipelines.cli import app
+
+    group = typer.main.get_command(app)
+    assert list(group.commands) == [
+        "simulate", "validate", "features", "train", "evaluate", "champion", "promote", "rollback", "serve", "ab",
+        "lookup", "feast", "airflow", "doctor", "info", "demo", "ingest", "platform",
+    ]  # fmt: skip
+    assert list(group.commands["ingest"].commands) == ["movielens"]
+    assert list(group.commands["platform"].commands) == ["up", "down", "status", "add-worker", "trigger"]

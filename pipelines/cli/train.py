@@ -1,0 +1,54 @@
+"""``coldstart train``: train models, log them to MLflow and register each as ``candidate``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated
+
+import typer
+
+from pipelines.catalog import models as catalog_models
+from pipelines.cli._common import _clear_errors, _print_summary, _settings, app
+from pipelines.training.config import TrainConfig, TrainRequest, default
+
+
+@app.command()
+@_clear_errors
+def train(
+    model: Annotated[list[str], typer.Option(help=f"Model(s): {', '.join(catalog_models())}.")],
+    start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
+    end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day (validation day).")],
+    dataset: Annotated[str, typer.Option()] = default(TrainRequest, "dataset"),
+    epochs: Annotated[int, typer.Option(min=1)] = default(TrainConfig, "epochs"),
+    batch_size: Annotated[int, typer.Option(min=1)] = default(TrainConfig, "batch_size"),
+    lr: Annotated[float, typer.Option(min=0)] = default(TrainConfig, "lr"),
+    poso: Annotated[bool, typer.Option(help="POSO gates.")] = default(TrainRequest, "poso"),
+    uie: Annotated[bool, typer.Option(help="UIE enhancement (PLE only).")] = default(TrainRequest, "uie"),
+    config: Annotated[str, typer.Option(help="JSON overrides of the model config (unknown keys fail).")] = "{}",
+    retrain: Annotated[bool, typer.Option(help="Train even if this exact version (same key) exists.")] = False,
+) -> None:
+    """Train models on the point-in-time training set, log to MLflow, register each as `candidate`.
+
+    A version already trained with the same model, configs, window and data is made `candidate` again instead.
+    """
+    from pipelines.training.api import train as train_model
+
+    _settings()
+    for name in model:
+        request = TrainRequest(dataset=dataset, start=start.date(), end=end.date(), poso=poso, uie=uie,
+                               train={"epochs": epochs, "batch_size": batch_size, "lr": lr},
+                               overrides=json.loads(config), reuse=not retrain)  # fmt: skip
+        _print_summary(f"Trained {name}", _rows(train_model(name, request)))
+
+
+def _rows(result: dict, prefix: str = "") -> dict[str, str]:
+    """A training summary as table rows: nested results (metrics, per-scenario scores) flattened, floats to 4 places."""
+    rows: dict[str, str] = {}
+    for key, value in result.items():
+        label = f"{prefix}{key}" if key not in ("metrics", "scores") else prefix
+        if isinstance(value, dict):
+            rows |= _rows(value, f"{label} " if label else "")
+        else:
+            rows[label] = f"{value:.4f}" if isinstance(value, float) else str(value)
+    return rows
