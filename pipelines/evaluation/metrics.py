@@ -26,6 +26,7 @@ from scipy.stats import bootstrap
 from sklearn.metrics import mean_absolute_error, mean_squared_error, ndcg_score
 
 BINARY_METRICS = ("auc", "gauc", "logloss", "calibration", "positive_rate")
+ROW_METRICS = ("auc", "logloss", "calibration")  # what WeightedRows.values gives, in its order
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "calibration": None, "mae": False, "rmse": False,
                     "ndcg@1": True, "ndcg@3": True}  # fmt: skip
 EPS = 1e-7
@@ -160,50 +161,72 @@ def binary_report(
     enough = min(positives, len(y) - positives) >= min_positives
     rows = [WeightedRows(y, p) for p in ps] if len(y) else []
     points = [r.point() for r in rows] if rows else [[math.nan] * 3 for _ in ps]
-    boot = None
-    if enough and n_bootstrap > 0:
-
-        def statistic(drawn):
-            weights = np.bincount(drawn, minlength=len(y)).astype(np.float64)
-            values = [r.values(weights) for r in rows]
-            flat = [v for vs in values for v in vs]
-            if len(rows) == 2:
-                flat += [a - b for a, b in zip(values[0], values[1], strict=True)]
-            return np.array(flat)
-
-        boot = _row_bootstrap(len(y), statistic, n_bootstrap, seed)
+    boot = _row_intervals(len(y), rows, n_bootstrap, seed) if enough and n_bootstrap > 0 else None
     per_user = [user_aucs(y, p, users) for p in ps] if enough else []
     gboot = None
     if enough and n_bootstrap > 0 and len(per_user[0]) >= 2:
-        weights = per_user[0]["weight"].to_numpy(float)
-        aucs = [pu["auc"].to_numpy() for pu in per_user]
-
-        def gstat(w, *a):
-            vals = [np.average(x, weights=w) for x in a]
-            return np.array(vals + ([vals[0] - vals[1]] if len(vals) == 2 else []))
-
-        gboot = _bootstrap((weights, *aucs), gstat, n_bootstrap, seed)
+        gboot = _gauc_intervals(per_user, n_bootstrap, seed)
     for i, name in enumerate(names):
-        entry = {}
-        for j, metric in enumerate(("auc", "logloss", "calibration")):
-            value = points[i][j] if (enough or metric != "auc") else math.nan
-            entry[metric] = _value(value, _interval(boot, 3 * i + j) if boot else None)
-        g = (float(np.average(per_user[i]["auc"], weights=per_user[i]["weight"]))
-             if per_user and len(per_user[i]) else math.nan)  # fmt: skip
-        entry["gauc"] = _value(g, _interval(gboot, i) if gboot else None)
-        entry["users_in_gauc"] = int(len(per_user[i])) if per_user else 0
-        out[name] = entry
+        out[name] = _binary_entry(i, points[i], per_user[i] if per_user else None, enough, boot, gboot)
     if len(names) == 2:
-        delta = {}
-        for j, metric in enumerate(("auc", "logloss", "calibration")):
-            a, b = out[names[0]][metric]["value"], out[names[1]][metric]["value"]
-            value = a - b if a is not None and b is not None else math.nan
-            delta[metric] = _value(value, _interval(boot, 6 + j) if boot else None)
-        a, b = out[names[0]]["gauc"]["value"], out[names[1]]["gauc"]["value"]
-        delta["gauc"] = _value(a - b if a is not None and b is not None else math.nan,
-                               _interval(gboot, 2) if gboot else None)  # fmt: skip
-        out["delta"] = delta
+        out["delta"] = _binary_delta(out[names[0]], out[names[1]], boot, gboot)
     return out
+
+
+def _row_intervals(n: int, rows: list[WeightedRows], n_bootstrap: int, seed: int):
+    """Paired row bootstrap of every vector's AUC, logloss and calibration, then first − second of each.
+
+    The statistic's index ``3 * i + j`` is metric ``j`` of ``ROW_METRICS`` for vector ``i``; with two vectors,
+    ``6 + j`` is their difference.
+    """
+
+    def statistic(drawn):
+        weights = np.bincount(drawn, minlength=n).astype(np.float64)
+        values = [r.values(weights) for r in rows]
+        flat = [v for vs in values for v in vs]
+        if len(rows) == 2:
+            flat += [a - b for a, b in zip(values[0], values[1], strict=True)]
+        return np.array(flat)
+
+    return _row_bootstrap(n, statistic, n_bootstrap, seed)
+
+
+def _gauc_intervals(per_user: list[pd.DataFrame], n_bootstrap: int, seed: int):
+    """Paired user bootstrap of every vector's GAUC (index ``i``) and, with two vectors, their difference (2)."""
+    weights = per_user[0]["weight"].to_numpy(float)
+    aucs = [pu["auc"].to_numpy() for pu in per_user]
+
+    def gstat(w, *a):
+        vals = [np.average(x, weights=w) for x in a]
+        return np.array(vals + ([vals[0] - vals[1]] if len(vals) == 2 else []))
+
+    return _bootstrap((weights, *aucs), gstat, n_bootstrap, seed)
+
+
+def _binary_entry(i: int, point: list[float], user_auc: pd.DataFrame | None, enough: bool, boot, gboot) -> dict:
+    """The metrics of score vector ``i``: its point estimates with their intervals, and its GAUC."""
+    entry = {}
+    for j, metric in enumerate(ROW_METRICS):
+        value = point[j] if (enough or metric != "auc") else math.nan
+        entry[metric] = _value(value, _interval(boot, 3 * i + j) if boot else None)
+    g = (float(np.average(user_auc["auc"], weights=user_auc["weight"]))
+         if user_auc is not None and len(user_auc) else math.nan)  # fmt: skip
+    entry["gauc"] = _value(g, _interval(gboot, i) if gboot else None)
+    entry["users_in_gauc"] = int(len(user_auc)) if user_auc is not None else 0
+    return entry
+
+
+def _binary_delta(first: dict, second: dict, boot, gboot) -> dict:
+    """First − second of each metric of two :func:`_binary_entry` results, with the paired intervals."""
+    delta = {}
+    for j, metric in enumerate(ROW_METRICS):
+        a, b = first[metric]["value"], second[metric]["value"]
+        value = a - b if a is not None and b is not None else math.nan
+        delta[metric] = _value(value, _interval(boot, 6 + j) if boot else None)
+    a, b = first["gauc"]["value"], second["gauc"]["value"]
+    delta["gauc"] = _value(a - b if a is not None and b is not None else math.nan,
+                           _interval(gboot, 2) if gboot else None)  # fmt: skip
+    return delta
 
 
 def oracle_gap(y: np.ndarray, p_model: np.ndarray, p_true: np.ndarray) -> dict:
@@ -231,45 +254,11 @@ def rating_report(
     Intervals resample users. With two names, ``delta`` = first − second.
     """
     names = list(tasks[0][1]) if tasks else []
-    per_user = {n: {"abs": [], "sq": [], "n": [], **{f"ndcg@{k}": [] for k in ks}} for n in names}
-    for truth, predictions in tasks:
-        truth = np.asarray(truth, float)
-        for name in names:
-            pred = np.asarray(predictions[name], float)
-            d = per_user[name]
-            d["abs"].append(mean_absolute_error(truth, pred) * len(truth))
-            d["sq"].append(mean_squared_error(truth, pred) * len(truth))
-            d["n"].append(len(truth))
-            for k in ks:
-                d[f"ndcg@{k}"].append(ndcg_score([truth], [pred], k=k) if len(truth) > 1 else 1.0)
+    per_user = _per_user_rating_terms(tasks, names, ks)
     metrics = ["mae", "rmse", *[f"ndcg@{k}" for k in ks]]
-
-    def values(arrays: dict[str, np.ndarray], axis=-1) -> list:
-        n = arrays["n"].sum(axis=axis)
-        out = [arrays["abs"].sum(axis=axis) / n, np.sqrt(arrays["sq"].sum(axis=axis) / n)]
-        return out + [arrays[f"ndcg@{k}"].mean(axis=axis) for k in ks]
-
     cols = {n: {k: np.asarray(v, float) for k, v in per_user[n].items()} for n in names}
-    points = {n: values(cols[n]) for n in names}
-    boot = None
-    if len(tasks) >= 2 and n_bootstrap > 0:
-        keys = list(cols[names[0]])
-        flat = tuple(cols[n][k] for n in names for k in keys)
-
-        def statistic(*arrays, axis=-1):
-            out = []
-            for i, _ in enumerate(names):
-                chunk = dict(zip(keys, arrays[i * len(keys) : (i + 1) * len(keys)], strict=True))
-                out.append(values(chunk, axis))
-            stacked = [v for vs in out for v in vs]
-            if len(names) == 2:
-                stacked += [a - b for a, b in zip(out[0], out[1], strict=True)]
-            return np.stack(stacked)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            boot = bootstrap(flat, statistic, paired=True, vectorized=True, n_resamples=n_bootstrap,
-                             method="percentile", random_state=seed)  # fmt: skip
+    points = {n: _rating_values(cols[n], ks) for n in names}
+    boot = _rating_intervals(cols, names, ks, n_bootstrap, seed) if len(tasks) >= 2 and n_bootstrap > 0 else None
     out: dict = {"users": len(tasks), "ratings": int(sum(len(t[0]) for t in tasks))}
     for i, name in enumerate(names):
         out[name] = {
@@ -285,3 +274,54 @@ def rating_report(
             for j, m in enumerate(metrics)
         }
     return out
+
+
+def _per_user_rating_terms(
+    tasks: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], names: list[str], ks: Sequence[int]
+) -> dict[str, dict[str, list]]:
+    """name -> term -> one value per user: summed absolute and squared errors, rating count, nDCG@k.
+
+    A user with a single query rating has nDCG 1 (any order of one item is ideal).
+    """
+    per_user = {n: {"abs": [], "sq": [], "n": [], **{f"ndcg@{k}": [] for k in ks}} for n in names}
+    for truth, predictions in tasks:
+        truth = np.asarray(truth, float)
+        for name in names:
+            pred = np.asarray(predictions[name], float)
+            d = per_user[name]
+            d["abs"].append(mean_absolute_error(truth, pred) * len(truth))
+            d["sq"].append(mean_squared_error(truth, pred) * len(truth))
+            d["n"].append(len(truth))
+            for k in ks:
+                d[f"ndcg@{k}"].append(ndcg_score([truth], [pred], k=k) if len(truth) > 1 else 1.0)
+    return per_user
+
+
+def _rating_values(arrays: dict[str, np.ndarray], ks: Sequence[int], axis=-1) -> list:
+    """[MAE, RMSE, nDCG@k for each k] from per-user terms along ``axis`` (errors pooled, nDCG averaged)."""
+    n = arrays["n"].sum(axis=axis)
+    out = [arrays["abs"].sum(axis=axis) / n, np.sqrt(arrays["sq"].sum(axis=axis) / n)]
+    return out + [arrays[f"ndcg@{k}"].mean(axis=axis) for k in ks]
+
+
+def _rating_intervals(
+    cols: dict[str, dict[str, np.ndarray]], names: list[str], ks: Sequence[int], n_bootstrap: int, seed: int
+):
+    """scipy's paired, vectorised user bootstrap of every name's rating metrics, then first − second of each."""
+    keys = list(cols[names[0]])
+    flat = tuple(cols[n][k] for n in names for k in keys)
+
+    def statistic(*arrays, axis=-1):
+        out = []
+        for i, _ in enumerate(names):
+            chunk = dict(zip(keys, arrays[i * len(keys) : (i + 1) * len(keys)], strict=True))
+            out.append(_rating_values(chunk, ks, axis))
+        stacked = [v for vs in out for v in vs]
+        if len(names) == 2:
+            stacked += [a - b for a, b in zip(out[0], out[1], strict=True)]
+        return np.stack(stacked)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bootstrap(flat, statistic, paired=True, vectorized=True, n_resamples=n_bootstrap,
+                         method="percentile", random_state=seed)  # fmt: skip

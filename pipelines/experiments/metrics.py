@@ -89,11 +89,31 @@ def _files(store: Store, table: str, layer: str, start: dt.date, end: dt.date) -
 
 def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: ReadoutConfig) -> str:
     """Create the DuckDB table ``unit_days`` (unit, bucket, day, every metric column); returns the design."""
-    layer = cfg.layer
-    assigned_days = store.partitions("assignments", layer)
+    design = _create_units(con, store, end, cfg)
+    impressions = _files(store, "impressions", cfg.layer, start, end)
+    publishes = _files(store, "publishes", cfg.layer, start, end)
+    items = _files(store, "items", cfg.layer, store.partitions("items", cfg.layer)[0], end)
+    con.execute(f"CREATE TEMP VIEW imp AS SELECT * FROM read_parquet({impressions})")
+    _create_new_items(con, publishes, start, end)
+    _create_item_exposure(con, cfg)
+    _create_consumption(con, design, items, cfg)
+    _create_activity(con)
+    _create_publishing(con, cfg)
+    _create_unit_days(con)
+    return design
+
+
+def _create_units(con, store: Store, end: dt.date, cfg: ReadoutConfig) -> str:
+    """Create ``units`` (unit, bucket, design, unit_type, first assignment) of the experiment; returns its design.
+
+    Raises:
+        MissingPartitionError: when there are no assignments at all.
+        ValueError: when the experiment's units do not share exactly one design.
+    """
+    assigned_days = store.partitions("assignments", cfg.layer)
     if not assigned_days:
-        raise MissingPartitionError(f"no {layer}/assignments in {store.dataset!r}: nothing to read out")
-    assignments = _files(store, "assignments", layer, assigned_days[0], end)
+        raise MissingPartitionError(f"no {cfg.layer}/assignments in {store.dataset!r}: nothing to read out")
+    assignments = _files(store, "assignments", cfg.layer, assigned_days[0], end)
     con.execute(
         f"""CREATE TEMP TABLE units AS
         SELECT unit_id AS unit, any_value(bucket) AS bucket, any_value(design) AS design,
@@ -104,18 +124,22 @@ def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: Readou
     designs = [r[0] for r in con.execute("SELECT DISTINCT design FROM units").fetchall()]
     if len(designs) != 1:
         raise ValueError(f"experiment {cfg.experiment_id!r} has designs {designs}; expected exactly one")
-    design = designs[0]
-    impressions = _files(store, "impressions", layer, start, end)
-    publishes = _files(store, "publishes", layer, start, end)
-    items = _files(store, "items", layer, store.partitions("items", layer)[0], end)
+    return designs[0]
+
+
+def _create_new_items(con, publishes: str, start: dt.date, end: dt.date) -> None:
+    """Create ``new_items``: the items published in the window, with their author and publish day."""
     lo, hi = day_bounds(start)[0].isoformat(), day_bounds(end)[1].isoformat()
-    con.execute(f"CREATE TEMP VIEW imp AS SELECT * FROM read_parquet({impressions})")
     con.execute(
         f"""CREATE TEMP TABLE new_items AS
         SELECT p.item_id, p.author_id, p.publish_time, CAST(p.publish_time AS DATE) AS day
         FROM read_parquet({publishes}) p
         WHERE p.publish_time >= TIMESTAMPTZ '{lo}' AND p.publish_time < TIMESTAMPTZ '{hi}'"""
     )
+
+
+def _create_item_exposure(con, cfg: ReadoutConfig) -> None:
+    """Create ``item_exposure``: each exposed new item's first impression and exposures/clicks in its windows."""
     new_age, hot_age = f"INTERVAL {cfg.new_item_hours} HOUR", f"INTERVAL {cfg.hot_days} DAY"
     con.execute(
         f"""CREATE TEMP TABLE item_exposure AS
@@ -126,7 +150,13 @@ def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: Readou
                sum(i.click) FILTER (WHERE i.event_time < n.publish_time + {hot_age}) AS hot_window_clicks
         FROM new_items n JOIN imp i ON i.item_id = n.item_id GROUP BY n.item_id"""
     )
-    # Whose bucket an impression counts for.
+
+
+def _create_consumption(con, design: str, items: str, cfg: ReadoutConfig) -> None:
+    """Create ``consumption``: per unit and day, impressions, clicks, dwell, and high/low-exposure new-item counts.
+
+    An impression counts for the viewer in a user split and for the item's author in an author split.
+    """
     consumer_unit = "i.user_id" if design == "user_split" else "it.author_id"
     item_join = "" if design == "user_split" else f"JOIN read_parquet({items}) it ON it.item_id = i.item_id"
     con.execute(
@@ -146,10 +176,18 @@ def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: Readou
         ) i {item_join}
         GROUP BY ALL"""
     )
+
+
+def _create_activity(con) -> None:
+    """Create ``activity``: the users who saw the feed, per day (``active`` = 1)."""
     con.execute(
         """CREATE TEMP TABLE activity AS
         SELECT user_id AS unit, CAST(event_time AS DATE) AS day, 1 AS active FROM imp GROUP BY ALL"""
     )
+
+
+def _create_publishing(con, cfg: ReadoutConfig) -> None:
+    """Create ``publishing``: per author and publish day, new items, exposure delays, targets reached, hot items."""
     con.execute(
         f"""CREATE TEMP TABLE publishing AS
         SELECT n.author_id AS unit, n.day, count(*) AS posts, 1 AS publishing, count(*) AS new_items,
@@ -159,7 +197,13 @@ def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: Readou
                count(*) FILTER (WHERE x.hot_window_clicks >= {cfg.hot_clicks}) AS hot_items
         FROM new_items n LEFT JOIN item_exposure x USING (item_id) GROUP BY ALL"""
     )  # noqa: E501
-    # One row per unit-day with anything in it, plus the unit-days each unit was eligible (for dau_rate).
+
+
+def _create_unit_days(con) -> None:
+    """Create ``unit_days``: one row per assigned unit and day with anything in it, every metric column filled.
+
+    ``eligible`` is 1 on every row: the unit-days each unit was eligible, for ``dau_rate``.
+    """
     con.execute(
         """CREATE TEMP TABLE unit_days AS
         WITH keys AS (
@@ -181,7 +225,6 @@ def build_unit_days(con, store: Store, start: dt.date, end: dt.date, cfg: Readou
         LEFT JOIN consumption c ON c.unit = k.unit AND c.day = k.day
         LEFT JOIN publishing p ON p.unit = k.unit AND p.day = k.day"""
     )
-    return design
 
 
 def _moment_sql() -> str:

@@ -142,52 +142,96 @@ def compute_daily_aggregates(store: Store, layout: FeatureLayout, day: dt.date) 
     return rows
 
 
-def compute_feature_tables(
-    store: Store, layout: FeatureLayout, day: dt.date, cfg: FeatureConfig | None = None
-) -> dict[str, int]:
-    """The feature snapshots as of the end of ``day`` (see the module docstring)."""
-    cfg = cfg or FeatureConfig()
+@dataclass(frozen=True)
+class _SnapshotInputs:
+    """SQL fragments for one day's feature snapshots: the snapshot time, input files and window starts."""
+
+    cfg: FeatureConfig
+    ts: str  # the snapshot's event_timestamp, a TIMESTAMPTZ literal
+    users: str
+    items: str
+    items_of_day: str
+    agg_user: str
+    agg_item: str
+    recent: list[str]
+    d1: str
+    d7: str
+    d30: str
+
+
+def _require_aggregates(layout: FeatureLayout, day: dt.date) -> None:
+    """Fail unless every daily aggregate of ``day`` has been computed.
+
+    Raises:
+        MissingPartitionError: naming the aggregates that are missing.
+    """
     missing = [t for t in AGGREGATES if day not in layout.days(t)]
     if missing:
         raise MissingPartitionError(f"Daily aggregates {missing} for {day} are missing: compute them first")
+
+
+def _snapshot_inputs(store: Store, layout: FeatureLayout, day: dt.date, cfg: FeatureConfig) -> _SnapshotInputs:
+    """The files (clean users and items, daily aggregates, recent clicks) and dates the snapshots of ``day`` read."""
     snapshot = day_bounds(day)[1]
-    ts = f"TIMESTAMPTZ '{snapshot.isoformat()}'"
-    users = sql_file_list([_clean_file(store, "users", d) for d in store.partitions("users", "clean") if d <= day])
-    items = sql_file_list([_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day])
-    agg_user = sql_file_list(layout.glob("agg_user_daily", until=day))
-    agg_item = sql_file_list(layout.glob("agg_item_daily", until=day))
-    recent = layout.glob("clicks_daily", until=day, since=day - dt.timedelta(days=cfg.recent_window_days - 1))
-    d1, d7 = f"DATE '{day}'", f"DATE '{day - dt.timedelta(days=6)}'"
-    d30 = f"DATE '{day - dt.timedelta(days=29)}'"
-    con = _connect()
+    return _SnapshotInputs(
+        cfg=cfg,
+        ts=f"TIMESTAMPTZ '{snapshot.isoformat()}'",
+        users=sql_file_list([_clean_file(store, "users", d) for d in store.partitions("users", "clean") if d <= day]),
+        items=sql_file_list([_clean_file(store, "items", d) for d in store.partitions("items", "clean") if d <= day]),
+        items_of_day=_clean_file(store, "items", day),
+        agg_user=sql_file_list(layout.glob("agg_user_daily", until=day)),
+        agg_item=sql_file_list(layout.glob("agg_item_daily", until=day)),
+        recent=layout.glob("clicks_daily", until=day, since=day - dt.timedelta(days=cfg.recent_window_days - 1)),
+        d1=f"DATE '{day}'",
+        d7=f"DATE '{day - dt.timedelta(days=6)}'",
+        d30=f"DATE '{day - dt.timedelta(days=29)}'",
+    )
 
-    def window(column: str, since: str) -> str:
-        return f"sum(CASE WHEN day >= {since} THEN {column} ELSE 0 END)::BIGINT"
 
-    queries = {
-        "user_profile": f"""
+def _window(column: str, since: str) -> str:
+    """SQL sum of ``column`` over the daily aggregates from ``since`` on."""
+    return f"sum(CASE WHEN day >= {since} THEN {column} ELSE 0 END)::BIGINT"
+
+
+def _user_profile_sql(snap: _SnapshotInputs) -> str:
+    """Static user attributes, with the user's age on the platform and whether they are still new."""
+    ts, cfg = snap.ts, snap.cfg
+    return f"""
             SELECT user_id, {ts} AS event_timestamp, gender, age::INTEGER AS age, occupation, region, device,
                    is_author::INTEGER AS is_author,
                    date_diff('second', signup_time, {ts}) / 86400.0 AS days_since_signup,
                    (date_diff('second', signup_time, {ts}) < {cfg.new_user_days} * 86400)::INTEGER AS is_new_user
-            FROM read_parquet({users}) ORDER BY user_id""",
-        "user_activity": f"""
-            SELECT user_id, {ts} AS event_timestamp,
-                   {window("impressions", d1)} AS impressions_1d, {window("impressions", d7)} AS impressions_7d,
-                   {window("impressions", d30)} AS impressions_30d,
-                   {window("clicks", d1)} AS clicks_1d, {window("clicks", d7)} AS clicks_7d,
-                   {window("clicks", d30)} AS clicks_30d,
-                   {window("conversions", d7)} AS conversions_7d, {window("conversions", d30)} AS conversions_30d,
+            FROM read_parquet({snap.users}) ORDER BY user_id"""
+
+
+def _user_activity_sql(snap: _SnapshotInputs) -> str:
+    """Each user's impressions, clicks and conversions over the 1/7/30-day windows."""
+    d1, d7, d30 = snap.d1, snap.d7, snap.d30
+    return f"""
+            SELECT user_id, {snap.ts} AS event_timestamp,
+                   {_window("impressions", d1)} AS impressions_1d,
+                   {_window("impressions", d7)} AS impressions_7d,
+                   {_window("impressions", d30)} AS impressions_30d,
+                   {_window("clicks", d1)} AS clicks_1d, {_window("clicks", d7)} AS clicks_7d,
+                   {_window("clicks", d30)} AS clicks_30d,
+                   {_window("conversions", d7)} AS conversions_7d,
+                   {_window("conversions", d30)} AS conversions_30d,
                    sum(impressions)::BIGINT AS view_count
-            FROM read_parquet({agg_user}) GROUP BY user_id ORDER BY user_id""",
-        "item_stats": f"""
+            FROM read_parquet({snap.agg_user}) GROUP BY user_id ORDER BY user_id"""
+
+
+def _item_stats_sql(snap: _SnapshotInputs) -> str:
+    """Exposures and clicks of live items, with CTR and CVR smoothed towards the 7-day rates of all items."""
+    ts, cfg, d1, d7 = snap.ts, snap.cfg, snap.d1, snap.d7
+    return f"""
             WITH stats AS (
                 SELECT item_id,
-                       {window("impressions", d1)} AS exposures_1d, {window("impressions", d7)} AS exposures_7d,
+                       {_window("impressions", d1)} AS exposures_1d,
+                       {_window("impressions", d7)} AS exposures_7d,
                        sum(impressions)::BIGINT AS exposures_total,
-                       {window("clicks", d1)} AS item_clicks_1d, {window("clicks", d7)} AS item_clicks_7d,
-                       sum(clicks)::BIGINT AS item_clicks_total, {window("conversions", d7)} AS conversions_7d
-                FROM read_parquet({agg_item}) GROUP BY item_id),
+                       {_window("clicks", d1)} AS item_clicks_1d, {_window("clicks", d7)} AS item_clicks_7d,
+                       sum(clicks)::BIGINT AS item_clicks_total, {_window("conversions", d7)} AS conversions_7d
+                FROM read_parquet({snap.agg_item}) GROUP BY item_id),
             prior AS (
                 SELECT sum(item_clicks_7d) / greatest(sum(exposures_7d), 1) AS ctr,
                        sum(conversions_7d) / greatest(sum(item_clicks_7d), 1) AS cvr FROM stats)
@@ -201,16 +245,25 @@ def compute_feature_tables(
                        / (coalesce(s.exposures_7d, 0) + {cfg.ctr_prior_strength}) AS ctr_smoothed_7d,
                    (coalesce(s.conversions_7d, 0) + {cfg.cvr_prior_strength} * p.cvr)
                        / (coalesce(s.item_clicks_7d, 0) + {cfg.cvr_prior_strength}) AS cvr_smoothed_7d
-            FROM read_parquet({items}) it CROSS JOIN prior p LEFT JOIN stats s USING (item_id)
+            FROM read_parquet({snap.items}) it CROSS JOIN prior p LEFT JOIN stats s USING (item_id)
             WHERE it.publish_time > {ts} - INTERVAL {cfg.item_live_days} DAY OR s.exposures_7d > 0
-            ORDER BY it.item_id""",
-        "item_content": f"""
+            ORDER BY it.item_id"""
+
+
+def _item_content_sql(snap: _SnapshotInputs) -> str:
+    """The content of the items published on the day, stamped with their publish time."""
+    return f"""
             SELECT item_id, publish_time AS event_timestamp, author_id, category, keywords, content_vector
-            FROM read_parquet('{_clean_file(store, "items", day)}') ORDER BY item_id""",
-        "author_stats": f"""
+            FROM read_parquet('{snap.items_of_day}') ORDER BY item_id"""
+
+
+def _author_stats_sql(snap: _SnapshotInputs) -> str:
+    """Each author's items published, and the 30-day CTR and CVR of their items smoothed towards all items'."""
+    ts, cfg = snap.ts, snap.cfg
+    return f"""
             WITH recent AS (
                 SELECT item_id, sum(impressions) AS exposures, sum(clicks) AS clicks, sum(conversions) AS conversions
-                FROM read_parquet({agg_item}) WHERE day >= {d30} GROUP BY item_id),
+                FROM read_parquet({snap.agg_item}) WHERE day >= {snap.d30} GROUP BY item_id),
             prior AS (
                 SELECT sum(clicks) / greatest(sum(exposures), 1) AS ctr,
                        sum(conversions) / greatest(sum(clicks), 1) AS cvr FROM recent)
@@ -221,19 +274,44 @@ def compute_feature_tables(
                        / (coalesce(sum(r.exposures), 0) + {cfg.ctr_prior_strength}) AS author_ctr_smoothed,
                    (coalesce(sum(r.conversions), 0) + {cfg.cvr_prior_strength} * any_value(p.cvr))
                        / (coalesce(sum(r.clicks), 0) + {cfg.cvr_prior_strength}) AS author_cvr_smoothed
-            FROM read_parquet({items}) it CROSS JOIN prior p LEFT JOIN recent r USING (item_id)
-            WHERE it.author_id IS NOT NULL GROUP BY it.author_id ORDER BY it.author_id""",
-    }
-    if recent:
-        queries["user_recent"] = f"""
+            FROM read_parquet({snap.items}) it CROSS JOIN prior p LEFT JOIN recent r USING (item_id)
+            WHERE it.author_id IS NOT NULL GROUP BY it.author_id ORDER BY it.author_id"""
+
+
+def _user_recent_sql(snap: _SnapshotInputs) -> str:
+    """Each user's last ``recent_clicks`` clicked items and their categories, newest first."""
+    return f"""
             WITH ranked AS (
                 SELECT user_id, item_id, category, event_time,
                        row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC, item_id DESC) AS k
-                FROM read_parquet({sql_file_list(recent)}))
-            SELECT user_id, {ts} AS event_timestamp,
+                FROM read_parquet({sql_file_list(snap.recent)}))
+            SELECT user_id, {snap.ts} AS event_timestamp,
                    list(item_id ORDER BY k) AS recent_item_ids, list(category ORDER BY k) AS recent_categories,
                    count(*)::INTEGER AS recent_clicks
-            FROM ranked WHERE k <= {cfg.recent_clicks} GROUP BY user_id ORDER BY user_id"""
+            FROM ranked WHERE k <= {snap.cfg.recent_clicks} GROUP BY user_id ORDER BY user_id"""
+
+
+def _feature_queries(snap: _SnapshotInputs) -> dict[str, str]:
+    """table -> the query of its snapshot; ``user_recent`` only when there are clicks in its window."""
+    queries = {
+        "user_profile": _user_profile_sql(snap),
+        "user_activity": _user_activity_sql(snap),
+        "item_stats": _item_stats_sql(snap),
+        "item_content": _item_content_sql(snap),
+        "author_stats": _author_stats_sql(snap),
+    }
+    if snap.recent:
+        queries["user_recent"] = _user_recent_sql(snap)
+    return queries
+
+
+def compute_feature_tables(
+    store: Store, layout: FeatureLayout, day: dt.date, cfg: FeatureConfig | None = None
+) -> dict[str, int]:
+    """The feature snapshots as of the end of ``day`` (see the module docstring)."""
+    _require_aggregates(layout, day)
+    queries = _feature_queries(_snapshot_inputs(store, layout, day, cfg or FeatureConfig()))
+    con = _connect()
     rows = {table: _write(con, sql, layout.path(table, day)) for table, sql in queries.items()}
     con.close()
     return rows

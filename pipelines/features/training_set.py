@@ -158,44 +158,69 @@ def build_training_set(
         ValueError: when there are no clean impressions in the window, or ``features`` names one the service
             does not have.
     """
-    import duckdb
-
-    views = view_joins(store, service)
-    if features is not None:
-        unknown = sorted(set(features) - {f for v in views for f in v.features})
-        if unknown:
-            raise ValueError(f"feature service {service!r} has no features {unknown}")
-        views = [replace(v, features=tuple(f for f in v.features if f in features)) for v in views]
-        views = [v for v in views if v.features]
+    views = _select_features(view_joins(store, service), service, features)
     days = [d for d in data.partitions("impressions", "clean") if start <= d <= end]
     if not days:
         raise ValueError(f"no clean impressions in {data.dataset!r} between {start} and {end}")
+    table = pa.concat_tables(_join_days(data, views, days, _authors_sql(data, end), memory_limit))
+    if table.num_rows == 0:
+        raise ValueError(f"no clean impressions in {data.dataset!r} between {start} and {end}")
+    return table.to_pandas(types_mapper=_list_dtype, split_blocks=True, self_destruct=True)
+
+
+def _select_features(views: list[ViewJoin], service: str, features: Sequence[str] | None) -> list[ViewJoin]:
+    """``views`` narrowed to ``features`` (all when None), dropping views left with none.
+
+    Raises:
+        ValueError: when ``features`` names one that no view has.
+    """
+    if features is None:
+        return views
+    unknown = sorted(set(features) - {f for v in views for f in v.features})
+    if unknown:
+        raise ValueError(f"feature service {service!r} has no features {unknown}")
+    views = [replace(v, features=tuple(f for f in v.features if f in features)) for v in views]
+    return [v for v in views if v.features]
+
+
+def _authors_sql(data: Store, end: dt.date) -> str:
+    """A query of every item's author, from the clean items published up to ``end``."""
     items = [str(data.partition_path("items", d, "clean")) for d in data.partitions("items", "clean") if d <= end]
-    items_sql = (f"SELECT item_id, author_id FROM read_parquet({sql_file_list(items)})" if items
-                 else "SELECT NULL::BIGINT AS item_id, NULL::BIGINT AS author_id WHERE false")  # fmt: skip
-    columns = ", ".join(f"i.{c}" for c in ENTITY_COLUMNS)
+    if items:
+        return f"SELECT item_id, author_id FROM read_parquet({sql_file_list(items)})"
+    return "SELECT NULL::BIGINT AS item_id, NULL::BIGINT AS author_id WHERE false"
+
+
+def _join_days(
+    data: Store, views: list[ViewJoin], days: list[dt.date], authors_sql: str, memory_limit: str
+) -> list[pa.Table]:
+    """The point-in-time join of each day's impressions, one Arrow table per day, in a spilling DuckDB."""
+    import duckdb
+
     parts = []
     with tempfile.TemporaryDirectory(prefix="duckdb-pit-") as spill:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET temp_directory = '{spill}'")
-        con.execute(f"CREATE TEMP TABLE authors AS {items_sql}")
+        con.execute(f"CREATE TEMP TABLE authors AS {authors_sql}")
         for day in days:
-            impressions = data.partition_path("impressions", day, "clean")
-            # The tie-break of `position` microseconds matches labelled_impressions (see there).
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE entities AS SELECT {columns}, a.author_id, "
-                "i.event_time + to_microseconds(i.position::BIGINT) AS event_timestamp FROM "
-                f"read_parquet('{impressions}') i LEFT JOIN authors a USING (item_id)"
-            )
+            _load_entities(con, data, day)
             parts.append(con.sql(point_in_time_sql(views, day, day)).to_arrow_table())
         con.close()
-    table = pa.concat_tables(parts)
-    del parts
-    if table.num_rows == 0:
-        raise ValueError(f"no clean impressions in {data.dataset!r} between {start} and {end}")
-    return table.to_pandas(types_mapper=_list_dtype, split_blocks=True, self_destruct=True)
+    return parts
+
+
+def _load_entities(con, data: Store, day: dt.date) -> None:
+    """Replace the ``entities`` table with the clean impressions of ``day``, their authors and entity timestamps."""
+    impressions = data.partition_path("impressions", day, "clean")
+    columns = ", ".join(f"i.{c}" for c in ENTITY_COLUMNS)
+    # The tie-break of `position` microseconds matches labelled_impressions (see there).
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE entities AS SELECT {columns}, a.author_id, "
+        "i.event_time + to_microseconds(i.position::BIGINT) AS event_timestamp FROM "
+        f"read_parquet('{impressions}') i LEFT JOIN authors a USING (item_id)"
+    )
 
 
 def _list_dtype(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
