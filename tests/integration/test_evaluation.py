@@ -10,11 +10,12 @@ import mlflow
 import pytest
 import torch
 
-from pipelines.evaluation.api import EvaluationConfig, EvaluationError, evaluate_ranker, set_champion
+from pipelines.evaluation.api import EvaluationConfig, EvaluationError, evaluate_model, set_champion
 from pipelines.training.api import train_for_run
 from pipelines.training.registry import build_ranker, log_and_register
 
 QUICK = {"n_bootstrap": 30}
+NAME = "coldstart_esmm"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,24 @@ def monkeypatch_module():
         yield patch
 
 
+@pytest.fixture
+def registry(platform, trained) -> mlflow.MlflowClient:
+    """The registry as training left it: ``candidate`` on the trained version, no other alias, no gate outcome.
+
+    The MLflow store is the session's, so without this a test would start from whatever aliases and gate tags
+    the tests before it left (an ``approved`` version, a champion, a newer candidate).
+    """
+    mlflow.set_tracking_uri(platform.settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient()
+    for alias in list(client.get_registered_model(NAME).aliases):
+        client.delete_registered_model_alias(NAME, alias)
+    client.set_registered_model_alias(NAME, "candidate", trained)
+    for key in client.get_model_version(NAME, trained).tags:
+        if key.startswith("gate"):
+            client.delete_model_version_tag(NAME, trained, key)
+    return client
+
+
 def register_copy(version: str, degrade: bool) -> str:
     """A new version of coldstart_esmm with the weights of ``version`` (re-initialized if ``degrade``)."""
     client = mlflow.MlflowClient()
@@ -41,17 +60,17 @@ def register_copy(version: str, degrade: bool) -> str:
     if degrade:
         torch.manual_seed(123)
         net = build_ranker("esmm", source.encoder, net.cfg.model_dump())
-    tags = client.get_run(client.get_model_version("coldstart_esmm", version).run_id).data.tags
+    tags = client.get_run(client.get_model_version(NAME, version).run_id).data.tags
     mlflow.set_experiment("coldstart_training")
     with mlflow.start_run(run_name="copy"):
         mlflow.set_tags({k: v for k, v in tags.items() if k.startswith("lineage.")})
         return log_and_register(net, "esmm", net.cfg.model_dump(), source.encoder, loaded.input_example,
-                                "coldstart_esmm")  # fmt: skip
+                                NAME)  # fmt: skip
 
 
-def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, trained) -> None:
+def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, trained, registry) -> None:
     settings = platform.settings
-    result = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    result = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
     assert result["window"] == {"start": "2026-01-04", "end": "2026-01-04", "train_end": "2026-01-03"}
     assert result["champion"] is None and result["has_truth"]
     assert result["gate"]["passed"], result["gate"]["reasons"]
@@ -63,48 +82,49 @@ def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, t
     html = Path(result["report"]["html"]).read_text()
     saved = json.loads(Path(result["report"]["json"]).read_text())
     expected = ["overall", "user=new", "user=warm", "item=new", "item=warm", "user=new&item=new", "user=new&item=warm",
-                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high"]  # fmt: skip
+                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high",
+                "sparse_user"]  # fmt: skip  (the default custom slice of SliceConfig, the DAG's too)
     assert list(saved["slices"]) == expected
     for name in expected:
         assert f"<td>{name.replace('&', '&amp;')}</td>" in html
     assert html.count("data:image/png;base64,") >= 2 and "http" not in html.replace("http-equiv", "")
-    client = mlflow.MlflowClient()
+    client = registry
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"evaluation.json", "report.html", "gate.json"} <= artifacts
     assert client.get_run(result["run_id"]).data.tags["gate.passed"] == "true"
-    version = client.get_model_version("coldstart_esmm", trained)
+    version = client.get_model_version(NAME, trained)
     assert version.tags["gate"] == "passed"
-    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == trained
+    assert str(client.get_model_version_by_alias(NAME, "approved").version) == trained
 
 
-def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trained) -> None:
-    settings = platform.settings
+def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trained, registry) -> None:
+    settings, client = platform.settings, registry
+    client.set_registered_model_alias(NAME, "approved", trained)  # the gate passed it, as a first evaluation does
     assert set_champion(settings, "esmm", trained)["champion"] == trained
     degraded = register_copy(trained, degrade=True)
-    blocked = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    blocked = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
     assert blocked["candidate"]["version"] == degraded and blocked["champion"]["version"] == trained
     assert not blocked["gate"]["passed"]
     assert any(r.startswith("ctr:auc on overall") for r in blocked["gate"]["reasons"])
-    client = mlflow.MlflowClient()
-    assert client.get_model_version("coldstart_esmm", degraded).tags["gate"] == "blocked"
-    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == trained  # unchanged
+    assert client.get_model_version(NAME, degraded).tags["gate"] == "blocked"
+    assert str(client.get_model_version_by_alias(NAME, "approved").version) == trained  # unchanged
     assert client.get_run(blocked["run_id"]).data.tags["gate.passed"] == "false"
 
     equal = register_copy(trained, degrade=False)
-    passed = evaluate_ranker(settings, "esmm", config=EvaluationConfig(**QUICK))
+    passed = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
     assert passed["candidate"]["version"] == equal and passed["gate"]["passed"], passed["gate"]["reasons"]
     delta = passed["slices"]["overall"]["tasks"]["ctr"]["delta"]["auc"]
     assert delta["value"] == pytest.approx(0, abs=1e-9)
-    assert str(client.get_model_version_by_alias("coldstart_esmm", "approved").version) == equal
+    assert str(client.get_model_version_by_alias(NAME, "approved").version) == equal
 
 
-def test_windows_must_be_held_out_and_present(platform, trained) -> None:
+def test_windows_must_be_held_out_and_present(platform, registry) -> None:
     settings = platform.settings
     with pytest.raises(EvaluationError, match="overlaps the training window"):
-        evaluate_ranker(
+        evaluate_model(
             settings, "esmm", start=platform.days[2], end=platform.days[3], config=EvaluationConfig(**QUICK)
         )
     with pytest.raises(EvaluationError, match="no clean impressions for 2026-01-09"):
-        evaluate_ranker(settings, "esmm", start=dt.date(2026, 1, 9), config=EvaluationConfig(**QUICK))
+        evaluate_model(settings, "esmm", start=dt.date(2026, 1, 9), config=EvaluationConfig(**QUICK))
     with pytest.raises(EvaluationError, match="no version with alias 'candidate'"):
-        evaluate_ranker(settings, "ple", config=EvaluationConfig(**QUICK))
+        evaluate_model(settings, "ple", config=EvaluationConfig(**QUICK))
