@@ -106,7 +106,7 @@ def build_platform(home: Path, sim: dict) -> Platform:
     summary = Simulator(cfg, data).run()
     log.info("simulated %s in %.0f s", summary, time.perf_counter() - start)
     for day in days:
-        validate_day(data, day, settings.home / "reports", docs=False)
+        validate_day(data, day, settings.reports_dir, docs=False)
         compute_features(data, layout, day)
     log.info("validated and computed features at %.0f s", time.perf_counter() - start)
     plan_and_apply(settings)

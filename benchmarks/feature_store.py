@@ -44,9 +44,10 @@ CASES = {"1M": (100_000, 1_000_000), "10M": (1_000_000, 10_000_000)}
 
 
 def prepare(home: Path, users: int, impressions: int) -> Store:
-    store = Store(home / "data", "sim")
+    settings = get_settings(home=home)
+    store = Store(settings.data_dir, "sim")
     Simulator(SimulatorConfig(days=1, users=users, impressions_per_day=impressions), store).run()
-    validate_day(store, DAY, home / "reports", threshold=1.0, docs=False)
+    validate_day(store, DAY, settings.reports_dir, threshold=1.0, docs=False)
     return store
 
 

@@ -13,7 +13,7 @@ rating; the split has none of them.
 Models:
     MeLU-1 / MeLU-5: ``pipelines.models.melu.MeLU`` with ``MeLUConfig(local_steps=1|5)``, everything else at the
         repo's defaults (α = 5e-6, β = 5e-5, 32 tasks per batch, second-order meta-gradient), meta-trained on the
-        warm tasks by ``pipelines.training.meta.fit_melu`` (the loop of ``train_melu``); evaluation adapts on each
+        warm tasks by ``pipelines.training.melu.fit_melu`` (the loop of ``train_melu``); evaluation adapts on each
         test user's support set, then predicts the query set (``model.predict(support, query)``).
     Wide&Deep: wide = one weight per value of each field, a linear map of the genres and two crosses
         (gender × genre, age × genre); deep = field embeddings (d = 32, genres averaged as in MeLU) and an MLP
@@ -49,12 +49,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.data.movielens import SCENARIOS, ingest_movielens
+from pipelines.data.movielens import SCENARIOS, ingest_movielens, load_rows
 from pipelines.evaluation.metrics import rating_report
 from pipelines.models.layers import MLP, EmbeddingLayer
 from pipelines.models.melu import MeLU, MeLUConfig, Task
 from pipelines.settings import get_settings
-from pipelines.training.meta import MeluEncoder, fit_melu, load_rows, tasks_of
+from pipelines.training.melu import MeluEncoder, fit_melu, tasks_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = ROOT / "benchmarks" / ".work" / "melu_vs_widedeep"
@@ -194,7 +194,9 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--home", type=Path, default=Path(os.environ.get("COLDSTART_HOME", DEFAULT_HOME)),
+    settings = get_settings()
+    home = settings.home if "home" in settings.model_fields_set else DEFAULT_HOME  # COLDSTART_HOME when set
+    parser.add_argument("--home", type=Path, default=home,
                         help="Platform state folder holding the ML-1M split (default: $COLDSTART_HOME or "
                              "benchmarks/.work/melu_vs_widedeep); ingested there when missing.")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=20, help="MeLU meta-training epochs (paper: 20).")

@@ -62,9 +62,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import psutil
 from _proc import run
+from airflow_client.client.exceptions import ApiException
 
 from pipelines.platform.client import CHAIN, AirflowClient, ChainError, now
 from pipelines.platform.launcher import ADMIN_USER, admin_password, airflow_url, down, read_state, up
@@ -294,7 +294,7 @@ def _follow_chain(client: AirflowClient, since: dt.datetime, timeout: float) -> 
                 if time.monotonic() >= deadline:
                     raise
                 runs, quiet = {dag: client.runs_since(dag, since) for dag in CHAIN}, False
-        except httpx.TransportError:  # the api-server can be slow to answer on a loaded machine: a few are fine
+        except (ChainError, ApiException):  # the api-server can be slow to answer on a loaded machine: a few are fine
             transport_errors += 1
             if transport_errors > 10 or time.monotonic() >= deadline:
                 raise
@@ -329,7 +329,7 @@ def _failure(client: AirflowClient, run_: dict) -> str:
             f"/dags/{ti['dag_id']}/dagRuns/{quote(ti['dag_run_id'], safe='')}/taskInstances/{ti['task_id']}"
             f"/logs/{max(ti['try_number'], 1)}"
         )
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(ApiException, ChainError):
             content = client.call("GET", path, map_index=ti["map_index"], full_content="true").get("content")
             for message in content if isinstance(content, list) else []:
                 for error in (message.get("error_detail") or []) if isinstance(message, dict) else []:
@@ -344,7 +344,7 @@ def _tasks(client: AirflowClient, run_: dict) -> list[dict]:
     for ti in client.task_instances(run_["dag_id"], run_["dag_run_id"]):
         durations = [ti["duration"]]
         if ti["try_number"] > 1:
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(ApiException, ChainError):
                 run_id = quote(ti["dag_run_id"], safe="")
                 path = f"/dags/{ti['dag_id']}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/tries"
                 tries = client.call("GET", path, map_index=ti["map_index"])["task_instances"]
@@ -531,7 +531,7 @@ def run_case(
                 **sampler.peak([(t_trigger, ab_end)]),
             }
             failed = False
-        except (ChainError, RuntimeError, httpx.HTTPError) as exc:
+        except (ChainError, RuntimeError, ApiException) as exc:
             out["error"] = str(exc)
             if client is not None and since is not None:  # what finished before the failure, for the record
                 with contextlib.suppress(Exception):

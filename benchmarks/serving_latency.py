@@ -26,15 +26,13 @@ import datetime as dt
 import json
 import os
 import platform
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # for the default --home and --out (the package is installed)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -75,7 +73,7 @@ def setup(home: Path) -> dict:
     layout = FeatureLayout.for_dataset(settings.home, "sim")
     days = data.partitions("impressions")
     for day in days:
-        validate_day(data, day, settings.home / "reports", docs=False)
+        validate_day(data, day, settings.reports_dir, docs=False)
         compute_features(data, layout, day)
     plan_and_apply(settings)
     store = get_store(settings)
@@ -87,7 +85,7 @@ def setup(home: Path) -> dict:
     ranker_bento = build(settings, "ranker", import_model(settings, "esmm", ranker["version"]))
     from pipelines.data.movielens import ingest_movielens
     from pipelines.models.melu import MeLUConfig
-    from pipelines.training.meta import train_melu
+    from pipelines.training.melu import train_melu
 
     ingest_movielens(settings.data_dir)
     melu = train_melu(settings, MeLUConfig(meta_lr=5e-4), epochs=3)
@@ -192,7 +190,7 @@ def served(settings, bento: str, requests: list[dict], n: int, seconds: float, c
 
 
 def melu_requests(settings, n_users: int = 30) -> list[dict]:
-    from pipelines.training.meta import load_rows
+    from pipelines.data.movielens import load_rows
 
     rows = load_rows(settings.data_dir)
     users = rows[rows["scenario"] == "new_user"]
@@ -214,7 +212,7 @@ def melu_in_process(settings, state: dict, requests: list[dict], n: int) -> dict
     import pandas as pd
     import torch
 
-    from pipelines.training.meta import load_rows
+    from pipelines.data.movielens import load_rows
 
     torch.set_num_threads(1)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

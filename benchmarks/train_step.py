@@ -32,13 +32,14 @@ from pipelines.features.store import get_store
 from pipelines.features.training_set import build_training_set, view_joins
 from pipelines.models import RANKERS
 from pipelines.settings import get_settings
-from pipelines.training.api import SERVICES, split_by_time
+from pipelines.catalog import model as catalog_model
+from pipelines.training.api import split_by_time
 from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder, batches
 from pipelines.training.registry import build_ranker
 
 model, steps = os.environ["BENCH_MODEL"], int(os.environ["BENCH_STEPS"])
 settings = get_settings(); store = get_store(settings, "sim")
-service = SERVICES[model]
+service = catalog_model(model).feature_service
 features = [f for v in view_joins(store, service) for f in v.features if f in INPUT_COLUMNS]
 frame = build_training_set(store, Store(settings.data_dir, "sim"), dt.date(2026, 1, 1), dt.date(2026, 1, 6), service,
                            features)

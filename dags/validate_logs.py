@@ -2,9 +2,10 @@
 ### validate_logs
 
 Validates days of raw event logs (users, items, publishes, assignments, impressions) with the Great
-Expectations suites in `pipelines/validation/suites.py`, oldest first (references are checked against the clean
-rows of earlier days). Every raw row ends in `clean/` or `quarantine/` (with the names of the rules it broke); a
-JSON summary of rows failed per rule is written to `COLDSTART_HOME/reports/validation/<dataset>/<date>.json`.
+Expectations suites in `pipelines/validation/quarantine_rules.py`, oldest first (references are checked against
+the clean rows of earlier days). Every raw row ends in `clean/` or `quarantine/` (with the names of the rules it
+broke); a JSON summary of rows failed per rule is written to
+`COLDSTART_HOME/reports/validation/<dataset>/<date>.json`.
 
 Runs when the log shipper announces landed days (an event on the `coldstart_raw_logs` Asset, with `date` or
 `dates` in its extra: `POST /api/v2/assets/events`), or by hand with a `date` (and `end`, for a range).

@@ -1,11 +1,15 @@
 """Feast data sources: the daily feature snapshots written by ``pipelines.features.compute``.
 
-Paths come from the platform settings (``COLDSTART_HOME``, dataset ``COLDSTART_FEATURE_DATASET``, default
-``sim``); each source is a folder of one parquet file per day.
+Each source is a folder of one parquet file per day, under the profile's state folder: ``COLDSTART_HOME`` and
+the dataset ``COLDSTART_FEATURE_DATASET`` (default ``sim``), which :mod:`pipelines.features.store` sets for every
+``feast plan`` / ``feast apply``. Feast takes a repository's objects by importing its modules, and a FileSource
+needs its path when it is made, so the paths are read then: in :func:`_table_dir`, the one read of this repository.
+(A relative path would be resolved by Feast against the ``-c`` repo folder, not the state folder, and stored as
+such in the registry, where the training-set joins read it as given.)
 """
 
-import os
 from datetime import timedelta
+from pathlib import Path
 
 from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
@@ -13,13 +17,17 @@ from feast.data_format import ParquetFormat
 from pipelines.features.compute import FeatureLayout
 from pipelines.settings import get_settings
 
-_layout = FeatureLayout.for_dataset(get_settings().home, os.environ.get("COLDSTART_FEATURE_DATASET", "sim"))
+
+def _table_dir(table: str) -> Path:
+    """The folder of ``table``'s daily snapshots for the settings of the process Feast imports this repo in."""
+    settings = get_settings()
+    return FeatureLayout.for_dataset(settings.home, settings.feature_dataset).table_dir(table)
 
 
 def _source(table: str) -> FileSource:
     return FileSource(
         name=f"{table}_source",
-        path=str(_layout.table_dir(table)),
+        path=str(_table_dir(table)),
         file_format=ParquetFormat(),
         timestamp_field="event_timestamp",
         description=f"Daily snapshots of {table}, stamped at the end of the day they describe.",

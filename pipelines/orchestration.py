@@ -8,14 +8,12 @@ from typing import Any
 
 def default_args() -> dict[str, Any]:
     """The DAGs' task defaults: two retries, ``COLDSTART_RETRY_DELAY_S`` seconds apart (the setting's default:
-    30). Read from the environment at parse time (the platform hands its settings to the dag-processor), without
-    building the settings: parsing does no I/O."""
-    import os
+    30). Read at parse time (the platform hands its settings to the dag-processor); building the settings reads
+    the environment only, so parsing still does no I/O."""
+    from pipelines.settings import get_settings
 
-    from pipelines.settings import ENV_PREFIX, Settings
-
-    delay = os.environ.get(f"{ENV_PREFIX}RETRY_DELAY_S") or Settings.model_fields["retry_delay_s"].default
-    return {"retries": 2, "retry_delay": dt.timedelta(seconds=int(delay)), "owner": "ml-platform"}
+    delay = get_settings().retry_delay_s
+    return {"retries": 2, "retry_delay": dt.timedelta(seconds=delay), "owner": "ml-platform"}
 
 
 def run_days(context: dict[str, Any]) -> tuple[str, list[dt.date]]:

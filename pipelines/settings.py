@@ -9,20 +9,31 @@ Profiles:
         store, SQLite online store and file registry. No server needed.
     prod: Airflow and MLflow on PostgreSQL, Feast online store on Redis and SQL registry on PostgreSQL;
         addresses come from ``COLDSTART_POSTGRES_URL`` and ``COLDSTART_REDIS_URL``.
+
+Besides the platform's settings, a few process knobs (:data:`PROCESS_KNOBS`: the model a BentoML service loads,
+its token, the dataset a ``feast apply`` declares, ...) are read the same way by the one process they configure.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "COLDSTART_"
 
 Profile = Literal["local", "prod"]
+
+# Settings of one process rather than of the platform: which model a service loads, its token, which dataset a
+# `feast apply` declares. Whoever starts that process sets them (``Settings.environ(**knobs)``); they are not handed
+# to every platform process, so a knob left in a shell or a test session cannot change what the platform's tasks do.
+PROCESS_KNOBS = frozenset(
+    {"bento_model", "torch_threads", "ranker_features", "ranker_policies", "api_token", "feature_dataset"}
+)
 
 
 class SettingsError(RuntimeError):
@@ -51,6 +62,29 @@ class Settings(BaseSettings):
     dags_folder: Path = Field(
         Path(__file__).resolve().parents[1] / "dags", description="Folder of the platform's Airflow DAG files."
     )
+    # ---- process knobs (PROCESS_KNOBS) -------------------------------------------------------------------
+    bento_model: str | None = Field(
+        None,
+        description="BentoML model tag a service loads (read when its module is imported, at build and serve "
+        "time); unset: the service's own model at ``latest`` (``coldstart_esmm:latest``, ``coldstart_melu:latest``).",
+    )
+    torch_threads: int = Field(1, ge=1, description="Torch intra-op threads of the ranker service.")
+    ranker_features: Literal["feast", "none"] = Field(
+        "feast",
+        description="Where the ranker service looks features up: 'feast' (the profile's online store) or 'none' "
+        "(only the features given in the request).",
+    )
+    ranker_policies: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the ranker service's cold-start policies (PolicyConfig fields), as a JSON object.",
+    )
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token the staging services require of every API call; empty: no check (local dev).",
+    )
+    feature_dataset: str = Field(
+        "sim", description="Dataset whose feature tables the Feast repo's data sources point at (``feast apply``)."
+    )
 
     @field_validator("profile", mode="before")
     @classmethod
@@ -67,6 +101,11 @@ class Settings(BaseSettings):
     def data_dir(self) -> Path:
         """Root of the partitioned event logs (``<home>/data``)."""
         return self.home / "data"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Root of the validation, evaluation and A/B reports (``<home>/reports``)."""
+        return self.home / "reports"
 
     @property
     def airflow_home(self) -> Path:
@@ -86,9 +125,20 @@ class Settings(BaseSettings):
             return url.set(database=f"{url.database}_airflow").render_as_string(hide_password=False)
         return f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
-    def environ(self) -> dict[str, str]:
-        """These settings as ``COLDSTART_*`` variables: a child process given them reads the same settings."""
-        return {f"{ENV_PREFIX}{name.upper()}": str(getattr(self, name)) for name in type(self).model_fields}
+    def environ(self, **knobs: Any) -> dict[str, str]:
+        """These settings as ``COLDSTART_*`` variables: a child process given them reads the same settings.
+
+        Process knobs (:data:`PROCESS_KNOBS`) are left out, but those named in ``knobs`` are put in, e.g.
+        ``settings.environ(bento_model=tag)`` for the one service that loads ``tag``.
+
+        Raises:
+            ValueError: a name in ``knobs`` is not a process knob.
+        """
+        if unknown := sorted(set(knobs) - PROCESS_KNOBS):
+            raise ValueError(f"not process knobs: {unknown} (known: {sorted(PROCESS_KNOBS)})")
+        names = [name for name in type(self).model_fields if name not in PROCESS_KNOBS]
+        values = {name: getattr(self, name) for name in names} | knobs
+        return {f"{ENV_PREFIX}{name.upper()}": _env_value(value) for name, value in values.items() if value is not None}
 
     def airflow_environ(self) -> dict[str, str]:
         """Environment variables that point an Airflow process at this profile (merge into ``os.environ``)."""
@@ -160,6 +210,15 @@ class Settings(BaseSettings):
                 f"Point {ENV_PREFIX}HOME at a folder you can write to."
             ) from exc
         return self.home
+
+
+def _env_value(value: Any) -> str:
+    """A setting as the environment variable pydantic-settings reads back (JSON for dicts, the secret itself)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
 
 
 def _redis_connection_string(url: str) -> str:

@@ -12,15 +12,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import bentoml
 from pydantic import BaseModel, Field
 
 from pipelines.serving.auth import TokenMiddleware
+from pipelines.settings import get_settings
 
-MODEL_TAG = os.environ.get("COLDSTART_BENTO_MODEL", "coldstart_melu:latest")
+# Read at import, at build time and again when served (``COLDSTART_BENTO_MODEL``; the build pins it in the bento).
+MODEL_TAG = get_settings().bento_model or "coldstart_melu:latest"
 
 
 class Rated(BaseModel):

@@ -12,15 +12,16 @@ Health: ``/livez``, ``/readyz``.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import bentoml
 from pydantic import Field
 
 from pipelines.serving.auth import TokenMiddleware
+from pipelines.settings import get_settings
 
-MODEL_TAG = os.environ.get("COLDSTART_BENTO_MODEL", "coldstart_esmm:latest")
+# Read at import, at build time and again when served (``COLDSTART_BENTO_MODEL``; the build pins it in the bento).
+MODEL_TAG = get_settings().bento_model or "coldstart_esmm:latest"
 
 
 @bentoml.service(name="coldstart_ranker", traffic={"timeout": 10}, workers=1)
@@ -28,26 +29,24 @@ class Ranker:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        import json
-
         import mlflow
         import pandas as pd
         import torch
 
         from pipelines.serving.policies import PolicyConfig
         from pipelines.serving.ranker import RankerCore
-        from pipelines.settings import get_settings
 
-        torch.set_num_threads(int(os.environ.get("COLDSTART_TORCH_THREADS", "1")))
+        settings = get_settings()
+        torch.set_num_threads(settings.torch_threads)
         root = Path(self.bento_model.path)
         wrapper = mlflow.pyfunc.load_model(str(root / "mlflow")).unwrap_python_model()
         items = pd.read_parquet(root / "items.parquet") if (root / "items.parquet").is_file() else None
         features = None
-        if os.environ.get("COLDSTART_RANKER_FEATURES", "feast") == "feast":
+        if settings.ranker_features == "feast":
             from pipelines.serving.features import FeastFeatures
 
-            features = FeastFeatures(get_settings())
-        config = PolicyConfig(**json.loads(os.environ.get("COLDSTART_RANKER_POLICIES", "{}")))
+            features = FeastFeatures(settings)
+        config = PolicyConfig(**settings.ranker_policies)
         version = self.bento_model.info.labels.get("mlflow_version", "?")
         self.core = RankerCore(wrapper, features, items, config, version)
 

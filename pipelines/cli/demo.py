@@ -107,7 +107,7 @@ def _print_where_to_look(settings: Settings, client: AirflowClient, first: str, 
     """The UIs, the login and the reports the demo wrote."""
     from pipelines.platform.launcher import admin_password
 
-    reports = settings.home / "reports"
+    reports = settings.reports_dir
     _print_summary(
         "Where to look",
         {

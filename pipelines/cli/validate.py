@@ -37,7 +37,7 @@ def validate(
                 "clean": summary["clean"],
                 "quarantined": f"{summary['quarantined']} ({summary['quarantined_share']:.4%})",
                 **{f"rule {rule}": n for rule, n in rules.items()},
-                "summary": str(settings.home / "reports" / "validation" / dataset / f"{day}.json"),
+                "summary": str(settings.reports_dir / "validation" / dataset / f"{day}.json"),
             },
         )
         enforce_threshold(summary)

@@ -22,7 +22,7 @@ def readout_for_run(
     settings = get_settings()
     settings.ensure_home()
     result = readout(Store(settings.data_dir, dataset), start, end, cfg, treatment_share)
-    out_dir = settings.home / "reports" / "ab" / dataset / cfg.experiment_id / f"{start}_{end}"
+    out_dir = settings.reports_dir / "ab" / dataset / cfg.experiment_id / f"{start}_{end}"
     paths = write_report(result, out_dir)
     use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"{cfg.experiment_id} {start}..{end}") as run:

@@ -53,12 +53,8 @@ def store_yaml(settings: Settings) -> Path:
 def feast_invocation(settings: Settings, dataset: str = "sim") -> tuple[list[str], dict[str, str]]:
     """The ``feast`` command prefix (repo and store file) and environment for this profile and dataset."""
     binary = str(Path(sys.executable).parent / "feast")
-    env = {
-        **os.environ,
-        "COLDSTART_HOME": str(settings.home),
-        "COLDSTART_PROFILE": settings.profile,
-        "COLDSTART_FEATURE_DATASET": dataset,
-    }
+    # feature_repo/data_sources.py reads the home and the dataset from these when Feast imports it.
+    env = {**os.environ, **settings.environ(feature_dataset=dataset)}
     return [binary, "-c", str(FEATURE_REPO), "-f", str(store_yaml(settings))], env
 
 
@@ -131,11 +127,14 @@ def import_feast() -> None:
 
 
 def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
-    """A Python SDK handle on the profile's store (what other teams use)."""
+    """A Python SDK handle on the profile's store (what other teams use).
+
+    The handle reads the registry, which holds the source paths of the dataset last planned and applied
+    (:func:`plan_and_apply`); ``dataset`` is kept for the callers that name it.
+    """
     import_feast()
     from feast import FeatureStore
 
-    os.environ.setdefault("COLDSTART_FEATURE_DATASET", dataset)
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=store_yaml(settings))
 
 

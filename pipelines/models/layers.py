@@ -1,11 +1,12 @@
-"""Shared layers: embeddings with a default row for unseen ids, MLPs, POSO gates, experts and gates.
+"""Shared layers: embeddings with a default row for unseen ids, MLPs (POSO-gated on request), experts and gates.
 
 Batches are dicts of tensors (see :mod:`pipelines.training.dataset`):
 
 * ``sparse`` [B, F] int64: categorical field indices; index 0 of every field is the default embedding used
   for unseen and brand-new ids (it is trained on the rare ids folded into it);
 * ``dense`` [B, D] float: numeric features, standardized;
-* ``pc`` [B, P] float: POSO's personalization code (raw scalars such as log view count, is_new_user);
+* ``pc`` [B, P] float: POSO's personalization code (raw scalars such as log view count, is_new_user; see
+  :mod:`pipelines.models.poso`);
 * ``seq`` [B, L] int64: recent clicked items (0 = padding), ``user`` [B] int64: user index for memories.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from pipelines.models.poso import PosoGate
 
 
 class EmbeddingLayer(nn.Module):
@@ -32,20 +35,6 @@ class EmbeddingLayer(nn.Module):
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         # sparse [B, F] -> [B, F*d]
         return torch.cat([table(sparse[:, i]) for i, table in enumerate(self.tables)], dim=1)
-
-
-class PosoGate(nn.Module):
-    """POSO gate g(x_pc) = C·σ(MLP(x_pc)) (Dai et al. 2021): ≈1 at init with C=2 and zero output weights."""
-
-    def __init__(self, pc_dim: int, out_dim: int, hidden: int = 32, scale: float = 2.0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(pc_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-        self.scale = scale
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
-
-    def forward(self, pc: torch.Tensor) -> torch.Tensor:
-        return self.scale * torch.sigmoid(self.net(pc))  # [B, out_dim]
 
 
 class MLP(nn.Module):

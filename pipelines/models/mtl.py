@@ -3,8 +3,8 @@
 Two tasks, CTR and CVR. ``loss_mode="esmm"`` trains CTR and CTCVR = CTR·CVR over every impression (entire
 space); ``"masked"`` trains CVR on clicked rows only (PLE's δ-masked task loss).
 
-POSO(MMoE/PLE) (Dai et al. 2021): a gate g(x_pc) gives one scalar per expert, C·σ(·), shared across tasks,
-that re-weights each expert's output per sample before the task gates.
+POSO(MMoE/PLE) (Dai et al. 2021, :mod:`pipelines.models.poso`): a gate g(x_pc) gives one scalar per expert,
+C·σ(·), shared across tasks, that re-weights each expert's output per sample before the task gates.
 UIE (Liu et al. 2024): the enhancement vectors of :class:`~pipelines.models.uie.UIE` are concatenated to the
 input of the first extraction level.
 """
@@ -27,7 +27,8 @@ from pipelines.models.base import (
     ctr_cvr_outputs,
     ctr_loss,
 )
-from pipelines.models.layers import Experts, Gate, PosoGate, Tower
+from pipelines.models.layers import Experts, Gate, Tower
+from pipelines.models.poso import PosoGate
 from pipelines.models.uie import UIE, UIEConfig
 
 TASKS = ("ctr", "cvr")

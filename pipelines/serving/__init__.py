@@ -1,1 +1,7 @@
-"""serving stage (grows with later issues)."""
+"""Serving: the ranking core behind the BentoML services, its cold-start policies, and getting a model to staging.
+
+``ranker`` (features → multi-task scores → policies), ``features`` (online features with an item cache),
+``policies``, ``embeddings`` and ``exposure`` (boost, unseen-item embeddings, guaranteed exposure), ``auth`` (the
+API token), ``bento`` (import, build, serve), ``ranker_bento`` / ``melu_bento`` (each family's side data and smoke
+requests), ``smoke`` (the served bento's smoke test), ``promote`` (promotion to staging and rollback).
+"""

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
+
+from pipelines.settings import get_settings
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
 
 
 class TokenMiddleware:
+    """Answers 401 to API calls without the bearer token (``token``, else the ``api_token`` setting)."""
+
     def __init__(self, app, token: str | None = None) -> None:
         self.app = app
-        self.token = token if token is not None else os.environ.get("COLDSTART_API_TOKEN", "")
+        self.token = token if token is not None else get_settings().api_token.get_secret_value()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.token or scope.get("path", "") in OPEN_PATHS:

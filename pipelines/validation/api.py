@@ -16,7 +16,7 @@ def validate_for_run(dataset: str, day: dt.date, threshold: float) -> dict:
     """
     settings = get_settings()
     settings.ensure_home()
-    reports = settings.home / "reports"
+    reports = settings.reports_dir
     try:
         return validate_day(Store(settings.data_dir, dataset), day, reports, threshold=threshold)
     except QuarantineThresholdError:

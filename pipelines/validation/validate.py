@@ -1,6 +1,6 @@
 """Validate one day of raw event logs: every row ends in ``clean/`` or ``quarantine/`` (with the rules it broke).
 
-Per table, in dependency order (:data:`~pipelines.validation.suites.VALIDATED_TABLES`):
+Per table, in dependency order (:data:`~pipelines.validation.quarantine_rules.VALIDATED_TABLES`):
 
 1. table-level checks that fail the task: a missing partition, an empty impressions partition, schema drift
    (a missing or unexpected column, or a column type that is neither the contract's nor parseable text);
@@ -40,7 +40,18 @@ from pipelines.data.contract import (
     table_spec,
     write_file,
 )
-from pipelines.validation import suites
+from pipelines.validation.quarantine_rules import (
+    REFERENCES,
+    ROW,
+    SUITE_VERSION,
+    VALIDATED_TABLES,
+    Reference,
+    build_suite,
+    helper_column,
+    row_helpers,
+    type_rule,
+    unique_rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +135,7 @@ def _check_schema(spec: TableSpec, raw: pa.Table) -> tuple[pa.Table, dict[str, n
     return pa.Table.from_arrays(columns, schema=schema), parsed_ok
 
 
-def known_ids(store: Store, ref: suites.Reference, day: dt.date) -> np.ndarray:
+def known_ids(store: Store, ref: Reference, day: dt.date) -> np.ndarray:
     """Ids in the clean partitions of ``ref.table`` up to and including ``day``.
 
     Raises:
@@ -173,7 +184,7 @@ class _Engine:
             gx.ValidationDefinition(name=name, data=batch, suite=suite)
         )
         failed: dict[str, list[np.ndarray]] = {}
-        result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [suites.ROW]}
+        result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW]}
         for chunk in chunks:
             outcome = definition.run(batch_parameters={"dataframe": chunk}, result_format=result_format)
             self.results.append(outcome)
@@ -184,7 +195,7 @@ class _Engine:
                         f"{table}: rule {rule} could not run: {result.exception_info['exception_message']}"
                     )
                 if not result.success:
-                    rows = [entry[suites.ROW] for entry in result.result.get("unexpected_index_list") or []]
+                    rows = [entry[ROW] for entry in result.result.get("unexpected_index_list") or []]
                     failed.setdefault(rule, []).append(np.asarray(rows, dtype=np.int64))
         return {rule: np.unique(np.concatenate(parts)) for rule, parts in failed.items()}
 
@@ -213,6 +224,33 @@ def _vectorizable_ranges(frame: pd.DataFrame, suite) -> None:
             frame[expectation.column] = column.astype(np.int64)  # a nullable Int64 without nulls
 
 
+def _add_helper_columns(
+    store: Store, spec: TableSpec, day: dt.date, frame: pd.DataFrame, parsed_ok: dict[str, np.ndarray]
+) -> None:
+    """Add the row number and the computed rules' boolean columns (see :mod:`.quarantine_rules`) to ``frame``."""
+    frame[ROW] = np.arange(len(frame), dtype=np.int64)
+    for column, ok in parsed_ok.items():
+        frame[helper_column(type_rule(spec, column))] = ok
+    frame[helper_column(unique_rule(spec))] = ~frame.duplicated(list(spec.key), keep="first").to_numpy()
+    for ref in REFERENCES.get(spec.name, ()):
+        values = frame[ref.column]
+        frame[helper_column(ref.rule)] = (values.isna() | values.isin(known_ids(store, ref, day))).to_numpy(bool)
+    for rule, check in row_helpers(spec.name).items():
+        frame[helper_column(rule)] = check(frame).fillna(True).to_numpy(bool)
+
+
+def _quarantine_table(raw: pa.Table, bad_rows: np.ndarray, failed: dict[str, np.ndarray]) -> pa.Table:
+    """The raw rows ``bad_rows`` with the rules each broke (``failed_rules``, sorted) and its ``source_row``."""
+    rules_by_row: dict[int, list[str]] = {}
+    for rule in sorted(failed):
+        for row in failed[rule]:
+            rules_by_row.setdefault(int(row), []).append(rule)
+    quarantine = raw.take(bad_rows).append_column(
+        "failed_rules", pa.array([rules_by_row[int(r)] for r in bad_rows], pa.list_(pa.string()))
+    )
+    return quarantine.append_column("source_row", pa.array(bad_rows, pa.int64()))
+
+
 def validate_table(store: Store, table: str, day: dt.date, engine: _Engine, chunk_rows: int = 1_000_000) -> TableResult:
     """Validate one table's raw partition for ``day`` and write its clean and quarantine outputs."""
     started = time.perf_counter()
@@ -228,22 +266,14 @@ def validate_table(store: Store, table: str, day: dt.date, engine: _Engine, chun
     frame = typed.to_pandas(
         types_mapper={pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int64(): pd.Int64Dtype()}.get
     )
-    frame[suites.ROW] = np.arange(n, dtype=np.int64)
-    for column, ok in parsed_ok.items():
-        frame[suites.helper_column(suites.type_rule(spec, column))] = ok
-    frame[suites.helper_column(suites.unique_rule(spec))] = ~frame.duplicated(list(spec.key), keep="first").to_numpy()
-    for ref in suites.REFERENCES.get(table, ()):
-        values = frame[ref.column]
-        frame[suites.helper_column(ref.rule)] = (values.isna() | values.isin(known_ids(store, ref, day))).to_numpy(bool)
-    for rule, check in suites.row_helpers(table).items():
-        frame[suites.helper_column(rule)] = check(frame).fillna(True).to_numpy(bool)
-    suite = suites.build_suite(table, day, tuple(parsed_ok))
+    _add_helper_columns(store, spec, day, frame, parsed_ok)
+    suite = build_suite(table, day, tuple(parsed_ok))
     _vectorizable_ranges(frame, suite)
     chunks = [frame.iloc[i : i + chunk_rows] for i in range(0, n, chunk_rows)] or [frame]
     failed = engine.run(table, suite, chunks)
     for column in parsed_ok:
         # Text that did not parse is null after parsing: report it as a type error, not also as a null.
-        type_failed = failed.get(suites.type_rule(spec, column))
+        type_failed = failed.get(type_rule(spec, column))
         null_rule = f"{table}_{column}_not_null"
         if type_failed is not None and null_rule in failed:
             failed[null_rule] = np.setdiff1d(failed[null_rule], type_failed)
@@ -257,14 +287,7 @@ def validate_table(store: Store, table: str, day: dt.date, engine: _Engine, chun
     bad_rows = np.flatnonzero(bad)
     assert len(clean_rows) + len(bad_rows) == n == raw.num_rows, "rows in != clean + quarantined"
     clean = conform(spec, typed.take(clean_rows))
-    rules_by_row: dict[int, list[str]] = {}
-    for rule in sorted(failed):
-        for row in failed[rule]:
-            rules_by_row.setdefault(int(row), []).append(rule)
-    quarantine = raw.take(bad_rows).append_column(
-        "failed_rules", pa.array([rules_by_row[int(r)] for r in bad_rows], pa.list_(pa.string()))
-    )
-    quarantine = quarantine.append_column("source_row", pa.array(bad_rows, pa.int64()))
+    quarantine = _quarantine_table(raw, bad_rows, failed)
     store.write(table, day, clean, layer="clean")
     write_file(store.partition_path(table, day, "quarantine"), quarantine)
     return TableResult(
@@ -287,7 +310,7 @@ def validate_day(
     reports_dir: Path,
     threshold: float = 0.05,
     chunk_rows: int = 1_000_000,
-    tables: tuple[str, ...] = suites.VALIDATED_TABLES,
+    tables: tuple[str, ...] = VALIDATED_TABLES,
     docs: bool = True,
 ) -> dict:
     """Validate every table of one day; write clean, quarantine and the JSON summary.
@@ -307,7 +330,7 @@ def validate_day(
     summary = {
         "dataset": store.dataset,
         "date": day.isoformat(),
-        "suite_version": suites.SUITE_VERSION,
+        "suite_version": SUITE_VERSION,
         "threshold": threshold,
         "rows_in": rows_in,
         "clean": sum(r.clean for r in results),

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,38 @@ def test_checked_in_feature_store_yaml_matches_the_local_profile(
     checked_in = Path(__file__).resolve().parents[2] / "feature_repo" / "feature_store.yaml"
     expanded = yaml.safe_load(os.path.expandvars(checked_in.read_text()))
     assert expanded == get_settings().feast_store_config()
+
+
+def test_process_knobs_are_typed_settings_with_todays_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = get_settings()
+    assert settings.bento_model is None and settings.torch_threads == 1 and settings.ranker_features == "feast"
+    assert settings.ranker_policies == {} and settings.api_token.get_secret_value() == ""
+    assert settings.feature_dataset == "sim" and settings.reports_dir == settings.home / "reports"
+    monkeypatch.setenv("COLDSTART_RANKER_POLICIES", '{"boost_strength": 1.5}')
+    monkeypatch.setenv("COLDSTART_API_TOKEN", "s3cret")
+    monkeypatch.setenv("COLDSTART_TORCH_THREADS", "2")
+    settings = get_settings()
+    assert settings.ranker_policies == {"boost_strength": 1.5} and settings.torch_threads == 2
+    assert settings.api_token.get_secret_value() == "s3cret" and "s3cret" not in repr(settings)
+    monkeypatch.setenv("COLDSTART_RANKER_FEATURES", "redis")
+    with pytest.raises(SettingsError, match="COLDSTART_RANKER_FEATURES"):
+        get_settings()
+
+
+def test_environ_hands_on_the_platform_settings_and_only_the_knobs_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLDSTART_RANKER_FEATURES", "none")  # a knob left in the shell
+    settings = get_settings(retry_delay_s=2)
+    env = settings.environ()
+    assert env["COLDSTART_RETRY_DELAY_S"] == "2" and "COLDSTART_RANKER_FEATURES" not in env
+    env = settings.environ(bento_model="coldstart_melu:3", ranker_policies={"boost_strength": 1.5}, api_token="t")
+    assert env["COLDSTART_BENTO_MODEL"] == "coldstart_melu:3" and env["COLDSTART_API_TOKEN"] == "t"
+    for key in list(os.environ):
+        if key.startswith("COLDSTART_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    child = get_settings()
+    assert child.ranker_policies == {"boost_strength": 1.5} and child.home == settings.home
+    assert child.ranker_features == "feast"
+    with pytest.raises(ValueError, match="not process knobs"):
+        settings.environ(home="/elsewhere")

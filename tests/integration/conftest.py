@@ -33,7 +33,7 @@ def build_platform(home: Path, **settings_overrides) -> Platform:
     run_sim(settings.data_dir, days=len(DAYS), users=1500, seed=5)
     layout = FeatureLayout.for_dataset(settings.home, "sim")
     for day in DAYS:
-        validate_day(data, day, settings.home / "reports", docs=False)
+        validate_day(data, day, settings.reports_dir, docs=False)
         compute_features(data, layout, day)
     return Platform(settings, data, layout, DAYS)
 

@@ -6,9 +6,10 @@ import torch
 from pipelines.models import RANKERS
 from pipelines.models.base import InputSpec
 from pipelines.models.esmm import ESMM, ESMMConfig
-from pipelines.models.layers import MLP, PosoGate
+from pipelines.models.layers import MLP
 from pipelines.models.melu import MeLU, MeLUConfig, evidence_candidates
 from pipelines.models.mtl import PLE, MMoE, MMoEConfig, PLEConfig
+from pipelines.models.poso import PosoGate
 from pipelines.models.uie import StreamingCentroids, UIEConfig
 
 SPEC = InputSpec(

@@ -166,5 +166,5 @@ def _trigger_from_the_form_and_watch(platform: UiPlatform, page) -> None:
 
     # What the run did used the form's values: its summary of the day records the threshold set in the form.
     assert client.run(DAG, run_id)["state"] == "success"
-    summary = json.loads((platform.settings.home / "reports" / "validation" / "sim" / f"{DAY}.json").read_text())
+    summary = json.loads((platform.settings.reports_dir / "validation" / "sim" / f"{DAY}.json").read_text())
     assert (summary["date"], summary["threshold"], summary["passed"]) == (DAY.isoformat(), THRESHOLD, True), summary

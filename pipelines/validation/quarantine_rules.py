@@ -1,4 +1,5 @@
-"""Great Expectations suites for the raw event logs, defined in code and versioned with the repository.
+"""Quarantine rules: the Great Expectations suites for the raw event logs, defined in code and versioned with the
+repository.
 
 Every expectation carries ``meta["rule"]``, the name a quarantined row records when it breaks it. Row-level
 rules are GX column-map expectations evaluated on the table itself. Rules that need more than one row or
