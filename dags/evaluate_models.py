@@ -25,8 +25,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.catalog import models as catalog_models
 from pipelines.evaluation.config import EvaluationConfig, SliceConfig
-from pipelines.orchestration import chain_extra, chain_params, default_args, run_models
-from pipelines.training.config import default
+from pipelines.orchestration import chain_extra, chain_params, default, default_args, run_models
 
 CANDIDATES = Asset("coldstart_candidate_models")
 APPROVED = Asset("coldstart_approved_models")

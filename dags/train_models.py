@@ -26,8 +26,8 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.catalog import models as catalog_models
-from pipelines.orchestration import chain_extra, chain_params, default_args, run_day
-from pipelines.training.config import TrainConfig, TrainRequest, default
+from pipelines.orchestration import chain_extra, chain_params, default, default_args, run_day
+from pipelines.training.config import TrainConfig, TrainRequest
 
 OFFLINE_FEATURES = Asset("coldstart_offline_features")
 MODELS = Asset("coldstart_candidate_models")

@@ -1,9 +1,12 @@
-"""Small helpers the DAG files share: which dataset and days a run is about. No heavy imports here."""
+"""Small helpers the DAG files share: which dataset and days a run is about, and where a Param's default comes
+from. No heavy imports here."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+
+from pydantic import BaseModel
 
 
 def default_args() -> dict[str, Any]:
@@ -92,3 +95,9 @@ def run_models(context: dict[str, Any]) -> list[str]:
     """The models a run works on: those named by the asset events that triggered it, else the `models` Param."""
     models = sorted({(e.extra or {}).get("model") for e in _events(context)} - {None})
     return models or list(chain_params(context)["models"])
+
+
+def default(config: type[BaseModel], name: str) -> Any:
+    """The default of field ``name`` of ``config``: what a DAG Param or CLI option starts from."""
+    field = config.model_fields[name]
+    return field.default_factory() if field.default_factory is not None else field.default

@@ -11,7 +11,7 @@ import typer
 from pipelines.catalog import models as catalog_models
 from pipelines.cli._common import _clear_errors, _print_summary, _settings, app
 from pipelines.evaluation.config import EvaluationConfig
-from pipelines.training.config import default
+from pipelines.orchestration import default
 
 
 @app.command()

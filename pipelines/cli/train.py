@@ -10,7 +10,8 @@ import typer
 
 from pipelines.catalog import models as catalog_models
 from pipelines.cli._common import _clear_errors, _print_summary, _settings, app
-from pipelines.training.config import TrainConfig, TrainRequest, default
+from pipelines.orchestration import default
+from pipelines.training.config import TrainConfig, TrainRequest
 
 
 @app.command()

@@ -39,9 +39,3 @@ class TrainRequest(BaseModel):
     uie: bool = Field(True, description="The UIE enhancement on the models that have it on by default.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Model config overrides (unknown keys fail).")
     reuse: bool = Field(True, description="Make an identical earlier version `candidate` instead of retraining.")
-
-
-def default(config: type[BaseModel], name: str) -> Any:
-    """The default of field ``name`` of ``config``: what a DAG Param or CLI option starts from."""
-    field = config.model_fields[name]
-    return field.default_factory() if field.default_factory is not None else field.default
