@@ -45,7 +45,7 @@ def melu_tag(bento_settings) -> str:
     from pipelines.data.movielens import ingest_movielens
     from pipelines.models.melu import MeLUConfig
     from pipelines.serving.bento import import_model
-    from pipelines.training.meta import train_melu
+    from pipelines.training.melu import train_melu
 
     ingest_movielens(bento_settings.data_dir)
     cfg = MeLUConfig(embed_dim=8, hidden=[16, 16], local_lr=5e-3, meta_lr=1e-3, tasks_per_batch=16)

@@ -134,7 +134,7 @@ def test_ranker_token_and_health(ranker) -> None:
 
 
 def test_melu_adapts_on_the_support_set(melu, bento_settings) -> None:
-    from pipelines.training.meta import load_rows
+    from pipelines.data.movielens import load_rows
 
     rows = load_rows(bento_settings.data_dir)
     user = rows[(rows["scenario"] == "new_user")]

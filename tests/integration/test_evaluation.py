@@ -81,9 +81,9 @@ def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, t
     # The report holds every slice, in the JSON and in the HTML, and both are in the MLflow run.
     html = Path(result["report"]["html"]).read_text()
     saved = json.loads(Path(result["report"]["json"]).read_text())
+    # sparse_user: SliceConfig's default custom slice (the DAG's default too)
     expected = ["overall", "user=new", "user=warm", "item=new", "item=warm", "user=new&item=new", "user=new&item=warm",
-                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high",
-                "sparse_user"]  # fmt: skip  (the default custom slice of SliceConfig, the DAG's too)
+                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high", "sparse_user"]  # fmt: skip
     assert list(saved["slices"]) == expected
     for name in expected:
         assert f"<td>{name.replace('&', '&amp;')}</td>" in html
@@ -121,9 +121,7 @@ def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trai
 def test_windows_must_be_held_out_and_present(platform, registry) -> None:
     settings = platform.settings
     with pytest.raises(EvaluationError, match="overlaps the training window"):
-        evaluate_model(
-            settings, "esmm", start=platform.days[2], end=platform.days[3], config=EvaluationConfig(**QUICK)
-        )
+        evaluate_model(settings, "esmm", start=platform.days[2], end=platform.days[3], config=EvaluationConfig(**QUICK))
     with pytest.raises(EvaluationError, match="no clean impressions for 2026-01-09"):
         evaluate_model(settings, "esmm", start=dt.date(2026, 1, 9), config=EvaluationConfig(**QUICK))
     with pytest.raises(EvaluationError, match="no version with alias 'candidate'"):
