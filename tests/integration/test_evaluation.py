@@ -83,7 +83,8 @@ def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, t
     saved = json.loads(Path(result["report"]["json"]).read_text())
     # sparse_user: SliceConfig's default custom slice (the DAG's default too)
     expected = ["overall", "user=new", "user=warm", "item=new", "item=warm", "user=new&item=new", "user=new&item=warm",
-                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high", "sparse_user"]  # fmt: skip
+                "user=warm&item=new", "user=warm&item=warm", "exposure=low", "exposure=high",
+                "sparse_user"]  # fmt: skip
     assert list(saved["slices"]) == expected
     for name in expected:
         assert f"<td>{name.replace('&', '&amp;')}</td>" in html
