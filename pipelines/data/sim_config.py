@@ -54,6 +54,10 @@ class SimulatorConfig(BaseModel):
     requests_per_user_per_day: float = Field(1.0, gt=0, description="Feed requests per user per day, on average.")
     impressions_per_day: int | None = Field(None, ge=1, description="Overrides the traffic volume if set.")
     slate_size: int = Field(10, ge=1, le=100)
+    candidates_per_request: int | None = Field(
+        None, ge=1, le=1000, description="Recall candidates per request the feed picks the slate from (None: the "
+        "slate size, today's legacy feed, which only orders).",
+    )  # fmt: skip
     # Click model (logits).
     ctr_bias: float = -3.8
     match_weight: float = 1.2
@@ -89,6 +93,17 @@ class SimulatorConfig(BaseModel):
             if mix is None or len(mix) != len(RECALL_CHANNELS) or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
                 raise ValueError(f"channel_mix[{name!r}] must be {len(RECALL_CHANNELS)} shares summing to 1")
         return self
+
+    @model_validator(mode="after")
+    def _check_candidates(self) -> SimulatorConfig:
+        if self.candidates_per_request is not None and self.candidates_per_request < self.slate_size:
+            raise ValueError("candidates_per_request must be at least slate_size")
+        return self
+
+    @property
+    def n_candidates(self) -> int:
+        """Candidates recalled per request."""
+        return self.candidates_per_request or self.slate_size
 
     @property
     def end_date(self) -> dt.date:

@@ -8,8 +8,10 @@ and click counters), never the world's hidden truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from pipelines.data.sim_world import World
 
@@ -37,8 +39,24 @@ class Slates:
         return np.tile(np.arange(slate_size, dtype=np.int16), n_requests)
 
 
+class Feed(Protocol):
+    """What decides what a simulated user sees. The simulator hands it, as a platform would see them, the items
+    as they are published and the impressions as they are logged, and asks it to order each hour's candidates."""
+
+    def order(self, requests: Requests, candidates: Slates) -> Slates:
+        """The slates to show: ``slate_size`` items per request, chosen from its candidates, best first."""
+
+    def published(self, publishes: pa.Table) -> None:
+        """The day's publish events (the ``publishes`` contract table: item, author, publish time); on the
+        first day also the items published before the log starts."""
+
+    def logged(self, impressions: pa.Table) -> None:
+        """An hour's logged impressions (the ``impressions`` contract table), once the hour is over."""
+
+
 class LegacyFeed:
-    """Today's feed: orders each slate by its items' observed smoothed CTR plus Gumbel noise."""
+    """Today's feed: orders each slate by its items' observed smoothed CTR plus Gumbel noise, keeps the top
+    ``slate_size`` (all of them when recall gives exactly a slate, as it does by default)."""
 
     def __init__(self, world: World, rng: np.random.Generator) -> None:
         self._world = world
@@ -50,5 +68,11 @@ class LegacyFeed:
         # The counters grow with the world, so they are read at call time, not kept.
         est_ctr = (self._world.i_clicks.view[items] + 1.0) / (self._world.i_exposures.view[items] + 20.0)
         score = np.log(est_ctr) + self._rng.gumbel(size=items.shape) * 0.5
-        order = np.argsort(-score, axis=1, kind="stable")
+        order = np.argsort(-score, axis=1, kind="stable")[:, : self._world.cfg.slate_size]
         return Slates(np.take_along_axis(items, order, axis=1), np.take_along_axis(candidates.channel, order, axis=1))
+
+    def published(self, publishes: pa.Table) -> None:
+        """Nothing to learn: the legacy feed reads the simulator's counters."""
+
+    def logged(self, impressions: pa.Table) -> None:
+        """Nothing to learn: the legacy feed reads the simulator's counters."""

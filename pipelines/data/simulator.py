@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ from pipelines.data.sim_config import (
     SimulationSummary,
     SimulatorConfig,
 )
-from pipelines.data.sim_feed import LegacyFeed, Requests, Slates
+from pipelines.data.sim_feed import Feed, LegacyFeed, Requests, Slates
 from pipelines.data.sim_world import Responses, World, sample_weighted
 
 # The config, the world and the tables live in their own modules; these names stay importable from here.
@@ -92,13 +93,18 @@ class Simulator:
         self.store = store
         self.rng = np.random.default_rng(cfg.seed)
         self.world = World(cfg, self.rng)
-        self.feed = LegacyFeed(self.world, self.rng)
+        self.feed: Feed = LegacyFeed(self.world, self.rng)
         self._decay = 0.5 ** (1.0 / (cfg.popularity_half_life_days * HOURS))  # hourly popularity decay
         self._next_request = 0
 
     # ---- day loop ----------------------------------------------------------------------------------------
-    def run(self) -> SimulationSummary:
-        """Simulate every day and write all partitions; partitions of other days in the dataset are removed."""
+    def run(self, after_day: Callable[[dt.date], None] | None = None) -> SimulationSummary:
+        """Simulate every day and write all partitions; partitions of other days in the dataset are removed.
+
+        Args:
+            after_day: called with each day once its partitions are written (a closed-loop experiment validates
+                and materializes the day there, trains between periods, and may swap ``self.feed``).
+        """
         cfg = self.cfg
         t0 = time.perf_counter()
         days = [cfg.start_date + dt.timedelta(days=d) for d in range(cfg.days)]
@@ -107,6 +113,8 @@ class Simulator:
         boot_users, boot_items = self.world.bootstrap(start_us)
         for d, day in enumerate(days):
             self._day(d, day, start_us + d * DAY_US, summary, boot_users, boot_items)
+            if after_day is not None:
+                after_day(day)
         for table, layer in _TABLES:
             self.store.drop_partitions_except(table, days, layer)
         sim_tables.write_entity_truth(self.world, self.store.root / "truth")
@@ -131,11 +139,12 @@ class Simulator:
         world = self.world
         new_users = world.sign_up(day_us)
         new_items = world.publish(day_us)
+        first_day = day_index == 0
+        day_items = np.concatenate([boot_items, new_items]) if first_day else new_items
+        self.feed.published(sim_tables.publishes_table(world, day_items))  # draws nothing: the bytes stay the same
         traffic = self._traffic(day_index, day, day_us)
         world.update_author_early_exposure(day_us)
-        first_day = day_index == 0
         day_users = np.concatenate([boot_users, new_users]) if first_day else new_users
-        day_items = np.concatenate([boot_items, new_items]) if first_day else new_items
         self.store.write("users", day, sim_tables.users_table(world, day_users))
         self.store.write("items", day, sim_tables.items_table(world, day_items))
         self.store.write("publishes", day, sim_tables.publishes_table(world, new_items))
@@ -158,6 +167,7 @@ class Simulator:
                 impressions, truth = self._hour(day_index, n_req, day_us + hour * HOUR_US)
                 imp_out.write(impressions)
                 truth_out.write(truth)
+                self.feed.logged(impressions)
                 counts["impressions"] += impressions.num_rows
                 counts["clicks"] += int(np.asarray(impressions["click"]).sum())
                 counts["conversions"] += int(np.asarray(impressions["conversion"]).sum())
@@ -209,7 +219,7 @@ class Simulator:
 
         Repeated items within a slate are replaced by random draws; the slates come out in recall order.
         """
-        slate = self.cfg.slate_size
+        slate = self.cfg.n_candidates
         slot_user = np.repeat(requests.user, slate)
         channel, treated_only = self._channels(requests)
         items = np.empty(len(slot_user), dtype=np.int64)
@@ -224,7 +234,7 @@ class Simulator:
 
     def _channels(self, requests: Requests) -> tuple[np.ndarray, np.ndarray]:
         """The recall channel of every slot, and which new-item slots may only show treatment authors' items."""
-        cfg, n_slots = self.cfg, len(requests.user) * self.cfg.slate_size
+        cfg, n_slots = self.cfg, len(requests.user) * self.cfg.n_candidates
         if cfg.design == "user_split":
             treated_req = self.world.u_bucket.view[requests.user] == 1
         else:
@@ -234,7 +244,7 @@ class Simulator:
         if cfg.design == "author_split":
             # Everyone sees the treatment mix; the extra new-item slots go to treatment authors only.
             base_mix = treat_mix
-        slot_treated = np.repeat(treated_req, cfg.slate_size)
+        slot_treated = np.repeat(treated_req, cfg.n_candidates)
         u = self.rng.random(n_slots)
         channel = np.where(
             slot_treated,

@@ -46,7 +46,8 @@ def train_ranker(settings: Settings, model: Model, request: TrainRequest) -> dic
         start, end = request.start, request.end or request.start
     config = {"poso": request.poso} | ({"uie": {}} if request.uie and model.options.get("uie") else {})
     return train_for_run(model.name, request.dataset, start, end, config | request.overrides,
-                         request.train.model_dump(exclude_defaults=True), reuse=request.reuse)  # fmt: skip
+                         request.train.model_dump(exclude_defaults=True), reuse=request.reuse,
+                         settings=settings)  # fmt: skip
 
 
 def output_aucs(out, data) -> dict[str, float]:
@@ -257,14 +258,15 @@ def train_for_run(
     model_config: dict | None = None,
     train_config: dict | None = None,
     reuse: bool = True,
+    settings: Settings | None = None,
 ) -> dict:
     """Point-in-time training set for [start, end] from Feast, then :func:`train_model`.
 
     With ``reuse`` (the default), a version already trained with the same key (model, configs, window and data
     fingerprint) is made ``candidate`` again instead of training a copy: re-running a finished day changes
-    nothing in the registry.
+    nothing in the registry. ``settings``: the environment's when left out.
     """
-    settings = get_settings()
+    settings = settings or get_settings()
     settings.ensure_home()
     data = Store(settings.data_dir, dataset)
     service = catalog_model(model).feature_service

@@ -1,0 +1,197 @@
+"""A closed-loop cold-start experiment: the simulated world, fed by the platform's own model and policies.
+
+One run, in an experiment home of its own (``<home>/experiments/<experiment_id>``: its data, Feast store and
+MLflow registry, so an experiment never overwrites the platform's own datasets or aliases):
+
+1. **Pre-period** (``pre_days``) under the legacy feed; each day is validated and its features computed, as the
+   platform's DAGs do.
+2. **Staging**: ``feast plan`` + ``apply``, the online store loaded, the ranker trained on the pre-period but its
+   last day (``train_for_run``), evaluated on that held-out day through the gate (``evaluate_model``); the version
+   the gate approves is the one the experiment serves. A blocked gate stops the experiment.
+3. **Experiment period** (``days``) under :class:`~pipelines.experiments.feed.PlatformFeed`: units split by the
+   design, each arm's policies applied to the staged model's scores; each day is validated, its features computed
+   and materialized, so the next day is scored on fresh features.
+4. **Readout** of the experiment period (``coldstart_ab_metrics``' readout), report under the experiment home.
+
+Recall is the same for both arms (the simulator's channel mix of the ``popularity`` policy, ``candidates`` per
+request); only what the platform does with the candidates differs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.serving.policies import PolicyConfig
+from pipelines.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _control_policies() -> PolicyConfig:
+    return PolicyConfig(exposure={"enabled": False})
+
+
+def _treatment_policies() -> PolicyConfig:
+    # Targets scaled to the simulator's traffic (a few exposures per new item per hour at the defaults' volume).
+    return PolicyConfig(exposure={"min_target": 20, "max_target": 80})
+
+
+class ClosedLoopConfig(BaseModel):
+    """Everything a closed-loop experiment can be told; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment_id: str = Field("exp_guaranteed_exposure", pattern="^[a-z0-9_]+$")
+    design: Literal["user_split", "author_split"] = "user_split"
+    treatment_share: float = Field(0.5, gt=0, lt=1)
+    pre_days: int = Field(4, ge=3, description="Legacy-feed days before the experiment: training window + 1 held out.")
+    days: int = Field(3, ge=1, description="Experiment days under the platform feed.")
+    users: int = Field(3000, ge=100)
+    seed: int = 7
+    impressions_per_day: int | None = Field(None, ge=1)
+    candidates: int = Field(30, ge=1, description="Recall candidates per request the feed picks the slate from.")
+    model: str = "esmm"
+    train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
+    gate: dict = Field(
+        default_factory=lambda: {"floors": {"ctr:auc": 0.52, "ctcvr:auc": 0.52}},
+        description="GateConfig overrides for staging the model (a few small days train a weaker model than the "
+        "platform's week: the floors only check it beats a random ranker).",
+    )
+    control: PolicyConfig = Field(default_factory=_control_policies)
+    treatment: PolicyConfig = Field(default_factory=_treatment_policies)
+
+    @property
+    def dataset(self) -> str:
+        return "closed_loop"
+
+
+def experiment_settings(settings: Settings, cfg: ClosedLoopConfig) -> Settings:
+    """The experiment's own home under the platform's (local profile: embedded stores)."""
+    if settings.profile != "local":
+        raise ValueError("closed-loop experiments run on the local profile (their stores are embedded)")
+    return get_settings(home=settings.home / "experiments" / cfg.experiment_id, profile="local")
+
+
+def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
+    """Run the experiment end to end; returns its summary (arms, readout headline, report path, timings)."""
+    from pipelines.data.contract import Store
+    from pipelines.data.sim_config import SimulatorConfig
+    from pipelines.data.simulator import Simulator
+
+    home = experiment_settings(settings, cfg)
+    home.ensure_home()
+    sim_cfg = SimulatorConfig(
+        days=cfg.pre_days + cfg.days, users=cfg.users, seed=cfg.seed, design=cfg.design, policy="popularity",
+        treatment_policy="popularity", treatment_share=cfg.treatment_share, experiment_id=cfg.experiment_id,
+        impressions_per_day=cfg.impressions_per_day, candidates_per_request=cfg.candidates,
+    )  # fmt: skip
+    store = Store(home.data_dir, cfg.dataset)
+    simulator = Simulator(sim_cfg, store)
+    loop = _Loop(home, cfg, store, simulator)
+    started = time.perf_counter()
+    summary = simulator.run(after_day=loop.after_day)
+    loop.timings["simulate_and_serve_s"] = time.perf_counter() - started - sum(loop.timings.values())
+    result = loop.read_out()
+    return {"experiment_id": cfg.experiment_id, "home": str(home.home), "impressions": summary.impressions,
+            "staged": loop.staged, "timings": loop.timings, **result}  # fmt: skip
+
+
+class _Loop:
+    """What the platform does at each simulated day's end."""
+
+    def __init__(self, settings: Settings, cfg: ClosedLoopConfig, store, simulator) -> None:
+        from pipelines.features.compute import FeatureLayout
+
+        self.settings, self.cfg, self.store, self.simulator = settings, cfg, store, simulator
+        self.layout = FeatureLayout.for_dataset(settings.home, cfg.dataset)
+        self.days: list[dt.date] = []
+        self.feast = None
+        self.staged: dict = {}
+        self.timings: dict[str, float] = {"platform_s": 0.0, "stage_s": 0.0}
+
+    def after_day(self, day: dt.date) -> None:
+        from pipelines.features.compute import compute_features
+        from pipelines.features.store import materialize_day
+        from pipelines.validation.validate import validate_day
+
+        started = time.perf_counter()
+        self.days.append(day)
+        validate_day(self.store, day, self.settings.reports_dir, docs=False)
+        compute_features(self.store, self.layout, day)
+        if self.feast is not None:
+            materialize_day(self.feast, self.layout, day)
+        self.timings["platform_s"] += time.perf_counter() - started
+        if len(self.days) == self.cfg.pre_days:
+            started = time.perf_counter()
+            self.stage()
+            self.timings["stage_s"] += time.perf_counter() - started
+
+    def stage(self) -> None:
+        """Apply and load the feature store, train and gate the ranker, and put the platform feed in place."""
+        from pipelines.evaluation.api import EvaluationConfig, evaluate_model
+        from pipelines.features.store import get_store, materialize_day, plan_and_apply
+        from pipelines.training.api import train_for_run
+
+        plan_and_apply(self.settings, self.cfg.dataset)
+        self.feast = get_store(self.settings, self.cfg.dataset)
+        for day in self.days:
+            materialize_day(self.feast, self.layout, day)
+        trained = train_for_run(self.cfg.model, self.cfg.dataset, self.days[0], self.days[-2], {}, dict(self.cfg.train),
+                                settings=self.settings)  # fmt: skip
+        quick = EvaluationConfig(n_bootstrap=0, gate=dict(self.cfg.gate))
+        gate = evaluate_model(self.settings, self.cfg.model, self.cfg.dataset, config=quick)
+        if not gate["gate"]["passed"]:
+            raise RuntimeError(f"the gate blocked {self.cfg.model} v{trained['version']}: "
+                               + "; ".join(gate["gate"]["reasons"]))  # fmt: skip
+        self.staged = {"model": self.cfg.model, "version": trained["version"], "evaluation": gate["report"]["html"]}
+        self.simulator.feed = self.platform_feed(trained["version"])
+
+    def platform_feed(self, version: str):
+        import mlflow
+
+        from pipelines.catalog import model as catalog_model
+        from pipelines.experiments.feed import PlatformFeed
+        from pipelines.serving.features import FeastFeatures
+        from pipelines.serving.ranker import RankerCore
+
+        mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
+        name = catalog_model(self.cfg.model).registered_name
+        wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+        core = RankerCore(wrapper, config=self.cfg.control, version=version)
+        features = FeastFeatures(self.settings, self.cfg.dataset)
+        world = self.simulator.world
+        if self.cfg.design == "user_split":
+            buckets = world.u_bucket
+
+            def slot_arm(requests, candidates):
+                return buckets.view[requests.user][:, None].repeat(candidates.items.shape[1], axis=1)
+        else:
+
+            def slot_arm(requests, candidates):
+                return world.a_bucket.view[world.i_author.view[candidates.items]]
+
+        arms = {0: self.cfg.control, 1: self.cfg.treatment}
+        return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size)
+
+    def read_out(self) -> dict:
+        """The experiment period's readout and report under the experiment home."""
+        from pipelines.experiments.metrics import ReadoutConfig
+        from pipelines.experiments.readout import readout
+        from pipelines.experiments.report import write_report
+
+        start, end = self.days[self.cfg.pre_days], self.days[-1]
+        readout_cfg = ReadoutConfig(experiment_id=self.cfg.experiment_id,
+                                    exposure_target=int(self.cfg.treatment.exposure.min_target),
+                                    high_exposure_threshold=int(self.cfg.treatment.exposure.max_target))  # fmt: skip
+        result = readout(self.store, start, end, readout_cfg, self.cfg.treatment_share)
+        out_dir = self.settings.reports_dir / "ab" / self.cfg.dataset / self.cfg.experiment_id / f"{start}_{end}"
+        paths = write_report(result, out_dir)
+        keys = ("control", "treatment", "rel_diff", "p_value")
+        names = ("ctr", "target_reach_24h", "publish_penetration")
+        headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
+        return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline}

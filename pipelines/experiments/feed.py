@@ -1,0 +1,165 @@
+"""The platform feed: what the staged ranker, through the ranker bento's own code, shows each simulated request.
+
+The simulator keeps the world (users, items, responses, publishing); this feed decides what is shown. Per
+simulated hour it takes the candidates recall gave each request (the simulator's recall channels, until the
+retrieval issue supplies the platform's own), scores every (request, candidate) pair in one batch with the staged
+model's encoder and network (the objects :class:`~pipelines.serving.ranker.RankerCore` serves), with features from
+Feast's online store (users in one lookup per hour, items through :class:`~pipelines.serving.features.FeastFeatures`'
+cache), fuses the task scores and applies the serving policies of the request's experiment arm
+(:func:`~pipelines.serving.policies.apply_policies`: fixed boost, guaranteed exposure), then keeps the top
+``slate_size``.
+
+What the platform learns it learns as a platform would: publish events give each item's author and publish time
+(the age the policies read), and each hour's logged impressions are the exposures the guaranteed-exposure
+controller counts. It reads no hidden truth; the arm of a unit is the platform's own assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.data.sim_feed import Requests, Slates
+from pipelines.serving.policies import ExposureController, PolicyConfig, apply_policies, fuse
+
+CHUNK = 65_536  # rows per forward pass
+US = 1_000_000
+
+
+class PlatformFeed:
+    """Orders each request's candidates with the staged ranker and the policies of the request's arm."""
+
+    def __init__(
+        self,
+        core,
+        features,
+        arms: dict[int, PolicyConfig],
+        slot_arm: Callable[[Requests, Slates], np.ndarray],
+        slate_size: int,
+    ) -> None:
+        """
+        Args:
+            core: a :class:`~pipelines.serving.ranker.RankerCore` of the staged version.
+            features: a :class:`~pipelines.serving.features.FeastFeatures` on the profile's online store.
+            arms: experiment bucket (0 control, 1 treatment) -> the policies that bucket is served with.
+            slot_arm: (requests, candidates) -> [n_requests, n_candidates] bucket of each candidate slot (a user
+                split: the request's user's bucket; an author split: the item's author's bucket).
+            slate_size: items shown per request.
+        """
+        self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
+        self.slate_size = slate_size
+        self.controllers = {arm: ExposureController(cfg) for arm, cfg in arms.items()}
+        self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
+
+    # ---- what the platform learns ------------------------------------------------------------------------
+    def published(self, publishes: pa.Table) -> None:
+        """Publish events: each item's publish time, for the age-based policies."""
+        items = np.asarray(publishes["item_id"], dtype=np.int64)
+        if not len(items):
+            return
+        if items.max() >= len(self._published):
+            grown = np.full(max(int(items.max()) + 1, 2 * len(self._published)), np.nan)
+            grown[: len(self._published)] = self._published
+            self._published = grown
+        times = publishes["publish_time"].cast(pa.int64()).to_numpy()
+        self._published[items] = times / US
+
+    def logged(self, impressions: pa.Table) -> None:
+        """An hour's logged impressions: each is one exposure for every arm's controller."""
+        items = np.asarray(impressions["item_id"], dtype=np.int64)
+        times = impressions["event_time"].cast(pa.int64()).to_numpy()
+        if not len(items):
+            return
+        now = float(times.max()) / US
+        for controller in self.controllers.values():
+            controller.record(items.tolist(), now)
+
+    # ---- ranking -----------------------------------------------------------------------------------------
+    def order(self, requests: Requests, candidates: Slates) -> Slates:
+        """Score the hour's candidates in one batch, apply each slot's arm's policies, keep the top slate."""
+        items = candidates.items
+        p_ctr, base, unknown = self.score(requests.user, items)
+        arm = self.slot_arm(requests, candidates)
+        final = np.empty_like(base)
+        for r in range(len(items)):
+            now = requests.time_us[r] / US
+            age = (now - self._age_source(items[r])) / 3600.0
+            final[r] = self._policies(base[r], items[r], age, arm[r], now, unknown[r], p_ctr[r])
+        order = np.argsort(-final, axis=1, kind="stable")[:, : self.slate_size]
+        return Slates(np.take_along_axis(items, order, axis=1), np.take_along_axis(candidates.channel, order, axis=1))
+
+    def _age_source(self, items: np.ndarray) -> np.ndarray:
+        known = items < len(self._published)
+        out = np.full(len(items), np.nan)
+        out[known] = self._published[items[known]]
+        return out
+
+    def _policies(self, base, items, age, arm, now, unknown, p_ctr) -> np.ndarray:
+        """One request's scores after its arms' policies (an author split mixes arms within a request)."""
+        out = np.empty(len(items))
+        ids = items.tolist()
+        for bucket in np.unique(arm):
+            cfg = self.arms[int(bucket)]
+            scores, _ = apply_policies(base, ids, age, self.controllers[int(bucket)], now, cfg,
+                                       out_of_vocab=unknown, quality=p_ctr)  # fmt: skip
+            mask = arm == bucket
+            out[mask] = scores[mask]
+        return out
+
+    def score(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """pCTR, fused score and out-of-vocabulary flag of every (request, candidate) pair, each [n, k]."""
+        import torch
+
+        frame = self.frame(users, items)
+        batch = self.core.encoder.transform(frame)
+        self.core._new_item_rows(frame, batch["sparse"])
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(frame), CHUNK):
+                chunk = {k: _rows(v, start, start + CHUNK) for k, v in batch.items()}
+                out = self.core.model(chunk)
+                outs.append(np.stack([out[k].numpy().astype(np.float64) for k in ("p_ctr", "p_cvr", "p_ctcvr")]))
+        p = np.concatenate(outs, axis=1)
+        base = fuse(p[0], p[1], p[2], self.arms[0])
+        vocab = self.core.encoder.vocab["item_id"]
+        unknown = np.array([str(i) not in vocab for i in items.ravel().tolist()])
+        shape = items.shape
+        return p[0].reshape(shape), base.reshape(shape), unknown.reshape(shape)
+
+    def frame(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+        """The scoring frame: one row per (request, candidate), user features repeated over the candidates."""
+        n, k = items.shape
+        user_ids, user_row = np.unique(users, return_inverse=True)
+        user_frame = self.user_features(user_ids)
+        item_ids, item_row = np.unique(items.ravel(), return_inverse=True)
+        item_frame = self.features.items(item_ids.tolist())
+        user_index = np.repeat(user_row, k)
+        columns = {c: item_frame[c].to_numpy()[item_row] for c in item_frame.columns if c not in user_frame}
+        columns |= {c: user_frame[c].to_numpy()[user_index] for c in user_frame.columns}
+        return pd.DataFrame(columns)
+
+    def user_features(self, user_ids: np.ndarray) -> pd.DataFrame:
+        """One row per user, in order, from one online lookup; unknown users get ``is_new_user`` = 1 (the
+        ranker's new-user path, as :meth:`RankerCore.rank` takes it)."""
+        store = self.features.store
+        rows = [{"user_id": int(u)} for u in user_ids]
+        values = store.get_online_features(features=self.features.user_features, entity_rows=rows).to_dict()
+        frame = pd.DataFrame(values)
+        frame["user_id"] = user_ids.astype(np.int64)
+        scalar = [c for c in frame.columns if c not in ("user_id", "recent_item_ids", "recent_categories")]
+        known = frame[scalar].notna().any(axis=1).to_numpy() if scalar else np.zeros(len(frame), bool)
+        if "is_new_user" in frame:
+            frame["is_new_user"] = np.where(known, frame["is_new_user"].astype(object), 1)
+        else:
+            frame["is_new_user"] = np.where(known, None, 1)
+        return frame
+
+
+def _rows(value, start: int, stop: int):
+    """Rows [start, stop) of a batch entry (a tensor, or a list of tensors for multi-hot fields)."""
+    if isinstance(value, list | tuple):
+        return type(value)(_rows(v, start, stop) for v in value)
+    return value[start:stop]
