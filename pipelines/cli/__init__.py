@@ -16,6 +16,7 @@ from pipelines.cli import (  # noqa: F401
     evaluate,
     serving,
     ab,
+    experiment,
     feature_store,
     ops,
     platform,

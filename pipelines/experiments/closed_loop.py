@@ -24,21 +24,11 @@ import logging
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines.serving.policies import PolicyConfig
 from pipelines.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-def _control_policies() -> PolicyConfig:
-    return PolicyConfig(exposure={"enabled": False})
-
-
-def _treatment_policies() -> PolicyConfig:
-    # Targets scaled to the simulator's traffic (a few exposures per new item per hour at the defaults' volume).
-    return PolicyConfig(exposure={"min_target": 20, "max_target": 80})
 
 
 class ClosedLoopConfig(BaseModel):
@@ -62,8 +52,27 @@ class ClosedLoopConfig(BaseModel):
         description="GateConfig overrides for staging the model (a few small days train a weaker model than the "
         "platform's week: the floors only check it beats a random ranker).",
     )
-    control: PolicyConfig = Field(default_factory=_control_policies)
-    treatment: PolicyConfig = Field(default_factory=_treatment_policies)
+    # Policies as PolicyConfig fields (checked here, built when the run starts: the DAG reads these defaults at
+    # parse time, which must not import the serving stack). Treatment targets are scaled to the simulator's
+    # traffic: at the defaults' volume a new item can get a few exposures an hour.
+    control: dict = Field(default_factory=lambda: {"exposure": {"enabled": False}},
+                          description="PolicyConfig of the control arm.")  # fmt: skip
+    treatment: dict = Field(default_factory=lambda: {"exposure": {"min_target": 20, "max_target": 80}},
+                            description="PolicyConfig of the treatment arm.")  # fmt: skip
+
+    @field_validator("control", "treatment")
+    @classmethod
+    def _policies(cls, value: dict) -> dict:
+        from pipelines.serving.policies import PolicyConfig
+
+        PolicyConfig(**value)  # unknown keys and bad values fail here
+        return value
+
+    def policies(self) -> dict:
+        """Experiment bucket (0 control, 1 treatment) -> its PolicyConfig."""
+        from pipelines.serving.policies import PolicyConfig
+
+        return {0: PolicyConfig(**self.control), 1: PolicyConfig(**self.treatment)}
 
     @property
     def dataset(self) -> str:
@@ -162,7 +171,8 @@ class _Loop:
         mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
         name = catalog_model(self.cfg.model).registered_name
         wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-        core = RankerCore(wrapper, config=self.cfg.control, version=version)
+        arms = self.cfg.policies()
+        core = RankerCore(wrapper, config=arms[0], version=version)
         features = FeastFeatures(self.settings, self.cfg.dataset)
         world = self.simulator.world
         if self.cfg.design == "user_split":
@@ -175,7 +185,6 @@ class _Loop:
             def slot_arm(requests, candidates):
                 return world.a_bucket.view[world.i_author.view[candidates.items]]
 
-        arms = {0: self.cfg.control, 1: self.cfg.treatment}
         return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size)
 
     def read_out(self) -> dict:
@@ -185,9 +194,9 @@ class _Loop:
         from pipelines.experiments.report import write_report
 
         start, end = self.days[self.cfg.pre_days], self.days[-1]
-        readout_cfg = ReadoutConfig(experiment_id=self.cfg.experiment_id,
-                                    exposure_target=int(self.cfg.treatment.exposure.min_target),
-                                    high_exposure_threshold=int(self.cfg.treatment.exposure.max_target))  # fmt: skip
+        exposure = self.cfg.policies()[1].exposure
+        readout_cfg = ReadoutConfig(experiment_id=self.cfg.experiment_id, exposure_target=int(exposure.min_target),
+                                    high_exposure_threshold=int(exposure.max_target))  # fmt: skip
         result = readout(self.store, start, end, readout_cfg, self.cfg.treatment_share)
         out_dir = self.settings.reports_dir / "ab" / self.cfg.dataset / self.cfg.experiment_id / f"{start}_{end}"
         paths = write_report(result, out_dir)

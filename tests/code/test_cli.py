@@ -95,7 +95,7 @@ def test_every_command_module_registers_its_commands_in_help_order() -> None:
     group = typer.main.get_command(app)
     assert list(group.commands) == [
         "simulate", "validate", "features", "train", "evaluate", "champion", "promote", "rollback", "serve", "ab",
-        "lookup", "feast", "airflow", "doctor", "info", "demo", "ingest", "platform",
+        "experiment", "lookup", "feast", "airflow", "doctor", "info", "demo", "ingest", "platform",
     ]  # fmt: skip
     assert list(group.commands["ingest"].commands) == ["movielens"]
     assert list(group.commands["platform"].commands) == ["up", "down", "status", "add-worker", "trigger"]
