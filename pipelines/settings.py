@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     dags_folder: Path = Field(
         Path(__file__).resolve().parents[1] / "dags", description="Folder of the platform's Airflow DAG files."
     )
+    # A platform setting, not a process knob: the near-line writer and every ranker process must agree on it.
+    ranker_nearline: bool = Field(
+        True,
+        description="The ranker service paces new items (guaranteed exposure) from the near-line state every worker "
+        "shares and that survives restarts (SQLite ``<home>/nearline/<dataset>.db`` locally, Redis on prod), fed "
+        "from logged impressions by the near-line writer; its own answers are not counted. False: an in-process "
+        "controller per worker that registers items from requests and counts its own answers as exposures.",
+    )
     # ---- process knobs (PROCESS_KNOBS) -------------------------------------------------------------------
     bento_model: str | None = Field(
         None,

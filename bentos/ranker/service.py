@@ -7,6 +7,10 @@ answer lists the items best first with the fused score, pCTR, pCVR, pCTCVR and t
 whether the user took the new-user path. Unknown users and items are never an error. Bad input is a 400 with
 the reason; with ``COLDSTART_API_TOKEN`` set, a request without ``Authorization: Bearer <token>`` is a 401.
 Health: ``/livez``, ``/readyz``.
+
+Guaranteed exposure reads the near-line state every API worker shares (``COLDSTART_RANKER_NEARLINE``, on by
+default): targets, exposures counted from logged impressions and gains come from the near-line writer, and the
+service's own answers are not counted as exposures.
 """
 
 from __future__ import annotations
@@ -47,8 +51,13 @@ class Ranker:
 
             features = FeastFeatures(settings)
         config = PolicyConfig(**settings.ranker_policies)
+        nearline = None
+        if settings.ranker_nearline:
+            from pipelines.serving.nearline import NearlineState
+
+            nearline = NearlineState.open(settings, "sim", config.exposure)
         version = self.bento_model.info.labels.get("mlflow_version", "?")
-        self.core = RankerCore(wrapper, features, items, config, version)
+        self.core = RankerCore(wrapper, features, items, config, version, nearline)
 
     @bentoml.api
     def rank(

@@ -112,6 +112,9 @@ def serve(settings: Settings, bento: str, port: int | None = None, token: str | 
 
     port = port or free_port()
     env = {**serve_environ(settings, bento), "COLDSTART_API_TOKEN": token or ""}
+    if workers > 1:  # BentoML 1.4's new-style services ignore --api-workers: workers are a service setting
+        names = _service_names(settings, bento)
+        env["BENTOML_CONFIG_OPTIONS"] = " ".join(f"services.{name}.workers={workers}" for name in names)
     log = settings.home / "logs" / f"bento-{bento.replace(':', '-')}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as sink:
@@ -133,6 +136,16 @@ def serve(settings: Settings, bento: str, port: int | None = None, token: str | 
         time.sleep(0.5)
     stop(process)
     raise BentoError(f"bentoml serve {bento} not ready after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def _service_names(settings: Settings, bento: str) -> list[str]:
+    """The names of the services in a built bento (from its ``bento.yaml``)."""
+    import yaml
+
+    name, _, version = bento.partition(":")
+    path = settings.home / "bentoml" / "bentos" / name / version / "bento.yaml"
+    info = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return [svc["name"] for svc in info.get("services") or [] if svc.get("name")]
 
 
 def stop(process: subprocess.Popen) -> None:

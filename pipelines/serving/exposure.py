@@ -2,11 +2,12 @@
 
 * Target, differentiated by expected quality: ``target = min_target + (max_target - min_target) · clip(w·q +
   (1 - w)·a, 0, 1)`` with ``q`` the item's predicted content quality and ``a`` its author's quality, both in
-  [0, 1]. They are percentiles so they are comparable across days and models: ``q`` is the percentile of the
-  item's pCTR among its peers (at ingestion: the items published in the last ``window_hours``; at request
-  time, :func:`~pipelines.serving.policies.apply_policies` uses the request's candidates), ``a`` the percentile
-  of the author's smoothed CTR ``(clicks + m·ctr_global) / (impressions + m)`` among authors (0.5 for a new
-  author).
+  [0, 1]. They are percentiles so they are comparable across days and models: ``q`` is, near-line, the
+  percentile of the item's posterior-mean CTR among the active new items, re-estimated at every tick as clicks
+  arrive (the rule: :mod:`pipelines.serving.nearline`), and in-process the percentile of its pCTR among the
+  request's candidates when first seen (:func:`~pipelines.serving.policies.apply_policies`); ``a`` the
+  percentile of the author's smoothed CTR ``(clicks + m·ctr_global) / (impressions + m)`` (Feast's
+  ``author_stats_fv``) among the authors at hand (``author_default_score``, 0.5, for an author with no history).
 * Curve: ``T(t) = target · min(1, t / ramp_hours)``, a straight line that reaches the target at ``ramp_hours``,
   before the end of the window, so a controller that lags the line still lands on the target in time.
 * Feedback law (per item, a PI controller on a multiplicative boost). With the deficit in schedule hours
@@ -17,15 +18,24 @@
   the moment the item falls behind again, and decays back to 1 while the item stays ahead. An item at its
   target, or past its window, gets 1.
 
-The controller keeps its state in flat numpy arrays behind one lock, so ``boost`` on 200 candidates costs one
-dict lookup per id plus a handful of vectorised operations (about 60 µs).
+The law is written once, as functions (:func:`schedule_deficit`, :func:`integrate_gain`, :func:`paced_boost`),
+and run by two controllers:
+
+* :class:`ExposureController`, in-process: state in flat numpy arrays behind one lock; ``boost`` integrates the
+  gain at every call and :meth:`~ExposureController.record` counts what the caller says it showed. ``boost`` on
+  200 candidates costs one dict lookup per id plus a handful of vectorised operations (about 60 µs). Lost on
+  restart and private to one process: for simulations, benchmarks and a single-process service.
+* :class:`~pipelines.serving.nearline.SharedExposureController`, read-only over the near-line state
+  (:mod:`pipelines.serving.nearline`) that every serving worker shares: the near-line writer counts logged
+  impressions, re-estimates quality and integrates the gain at each tick; serving adds the proportional term on
+  the deficit at request time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -48,6 +58,13 @@ class ExposureConfig(BaseModel):
     kp: float = Field(1.0, ge=0, description="Proportional gain: extra boost per schedule hour behind.")
     ki: float = Field(2.0, ge=0, description="Integral rate: log-gain change per hour at one schedule hour off.")
     cap: float = Field(20.0, ge=1, description="Largest multiplier the controller ever applies.")
+    quality_prior_strength: float = Field(
+        100.0, gt=0, description="m of the near-line quality estimate (clicks + m·prior) / (exposures + m): the "
+        "exposures at which an item's own CTR weighs as much as the pooled CTR of the active new items.",
+    )  # fmt: skip
+    author_default_score: float = Field(
+        0.5, ge=0, le=1, description="Author score of an author with no history (no smoothed CTR in Feast)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExposureConfig:
@@ -69,6 +86,82 @@ def exposure_target(quality_score: np.ndarray, author_score: np.ndarray, cfg: Ex
 def target_curve(target: np.ndarray, age_hours: np.ndarray, cfg: ExposureConfig) -> np.ndarray:
     """T(t) = target · min(1, t / ramp_hours): exposures an item should have at age ``t`` (negative ages: 0)."""
     return np.asarray(target, float) * np.minimum(np.maximum(np.asarray(age_hours, float), 0.0) / cfg.ramp_hours, 1.0)
+
+
+def schedule_deficit(
+    target: np.ndarray, exposures: np.ndarray, age_hours: np.ndarray, cfg: ExposureConfig
+) -> np.ndarray:
+    """How many schedule hours each item is behind its curve: ``(T(t) - exposures) / (target / ramp_hours)``.
+
+    Negative when ahead. The rate has a floor of one exposure per ``ramp_hours`` so a zero target divides safely.
+    """
+    target = np.asarray(target, float)
+    rate = np.maximum(target, 1.0) / cfg.ramp_hours  # exposures per hour along the curve
+    return (target_curve(target, age_hours, cfg) - np.asarray(exposures, float)) / rate
+
+
+def integrate_gain(
+    log_gain: np.ndarray, last_error: np.ndarray, deficit: np.ndarray, dt_hours: np.ndarray, cfg: ExposureConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The integral term: ``log g += ki · (e_last + e) / 2 · Δt`` with ``e = clip(deficit, -1, 1)``.
+
+    Args:
+        log_gain: [n] log gain after the last step.
+        last_error: [n] clipped deficit at the last step.
+        deficit: [n] deficit now (:func:`schedule_deficit`).
+        dt_hours: [n] (or one) hours since the last step; negative values count as 0.
+        cfg: the controller's knobs.
+
+    Returns:
+        The new log gain [n], kept in [0, log cap], and the clipped deficit [n] to remember for the next step.
+    """
+    error = np.clip(np.asarray(deficit, float), -1.0, 1.0)
+    step = cfg.ki * 0.5 * (np.asarray(last_error, float) + error) * np.maximum(dt_hours, 0.0)  # trapezoid
+    return np.clip(np.asarray(log_gain, float) + step, 0.0, np.log(cfg.cap)), error
+
+
+def paced_boost(
+    log_gain: np.ndarray,
+    deficit: np.ndarray,
+    age_hours: np.ndarray,
+    exposures: np.ndarray,
+    target: np.ndarray,
+    cfg: ExposureConfig,
+) -> np.ndarray:
+    """The multiplier: ``min(cap, g · (1 + kp · d))`` for an item behind, inside its window and short of its
+    target; 1 otherwise (NaN inputs, as for unknown items, give 1)."""
+    deficit = np.asarray(deficit, float)
+    active = (np.asarray(age_hours, float) < cfg.window_hours) & (np.asarray(exposures, float) < target) & (deficit > 0)
+    mult = np.exp(log_gain) * (1.0 + cfg.kp * np.maximum(deficit, 0.0))
+    return np.where(active, np.clip(mult, 1.0, cfg.cap), 1.0)
+
+
+def midrank_percentile(values: np.ndarray) -> np.ndarray:
+    """Each value's percentile among ``values``, in (0, 1): ``(mid-rank + 0.5) / n``; ties share their mean rank,
+    so items with equal evidence get equal scores (all equal: 0.5)."""
+    values = np.asarray(values, float)
+    if not len(values):
+        return values.copy()
+    uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # rank of each distinct value's first member
+    return (first + (counts - 1) / 2 + 0.5)[inverse] / len(values)
+
+
+def posterior_ctr(clicks: np.ndarray, exposures: np.ndarray, cfg: ExposureConfig) -> np.ndarray:
+    """Beta-binomial posterior mean CTR ``(clicks + m·prior) / (exposures + m)``, the prior being the pooled CTR
+    of the given items (empirical Bayes; 0 when none has been shown) and ``m = cfg.quality_prior_strength``."""
+    clicks, exposures = np.asarray(clicks, float), np.asarray(exposures, float)
+    prior = clicks.sum() / exposures.sum() if exposures.sum() > 0 else 0.0
+    m = cfg.quality_prior_strength
+    return (clicks + m * prior) / (exposures + m)
+
+
+def author_percentiles(author_ctr: Mapping[int, float | None]) -> dict[int, float]:
+    """Author score: each author's percentile of smoothed CTR among the given authors that have one (an author
+    with no value is left out: the caller gives it ``cfg.author_default_score``)."""
+    known = {a: float(v) for a, v in author_ctr.items() if v is not None and np.isfinite(v)}
+    scores = midrank_percentile(np.fromiter(known.values(), float, len(known)))
+    return dict(zip(known, scores.tolist(), strict=True))
 
 
 def to_seconds(now: float | dt.datetime) -> float:
@@ -93,7 +186,6 @@ class ExposureController:
         """Args: cfg: the controller's knobs (a ``PolicyConfig`` is accepted for its ``exposure`` part)."""
         cfg = getattr(cfg, "exposure", cfg)
         self.cfg: ExposureConfig = cfg if cfg is not None else ExposureConfig()
-        self._log_cap = float(np.log(self.cfg.cap))
         self._lock = threading.Lock()
         self._index: dict[Hashable, int] = {}
         self._ids: list[Hashable] = []
@@ -178,18 +270,13 @@ class ExposureController:
             age = (now - self._published[rows]) / HOUR  # [k] hours
             target = self._target[rows]
             exposures = self._exposures[rows]
-            rate = np.maximum(target, 1.0) / cfg.ramp_hours  # exposures per hour along the curve
-            deficit = (target_curve(target, age, cfg) - exposures) / rate  # schedule hours behind (< 0: ahead)
-            error = np.minimum(np.maximum(deficit, -1.0), 1.0)
-            dt_hours = np.maximum(now - self._updated[rows], 0.0) / HOUR
-            step = cfg.ki * 0.5 * (self._deficit[rows] + error) * dt_hours  # trapezoid since the last update
-            log_gain = np.minimum(np.maximum(self._log_gain[rows] + step, 0.0), self._log_cap)
+            deficit = schedule_deficit(target, exposures, age, cfg)  # schedule hours behind (< 0: ahead)
+            dt_hours = (now - self._updated[rows]) / HOUR
+            log_gain, error = integrate_gain(self._log_gain[rows], self._deficit[rows], deficit, dt_hours, cfg)
             self._log_gain[rows] = log_gain
             self._deficit[rows] = error
             self._updated[rows] = np.maximum(self._updated[rows], now)
-        active = (age < cfg.window_hours) & (exposures < target) & (deficit > 0)
-        mult = np.exp(log_gain) * (1.0 + cfg.kp * np.maximum(deficit, 0.0))
-        out[known] = np.where(active, np.minimum(np.maximum(mult, 1.0), cfg.cap), 1.0)
+        out[known] = paced_boost(log_gain, deficit, age, exposures, target, cfg)
         return out
 
     def record(self, item_ids_shown: Sequence[Hashable], now: float | dt.datetime) -> None:

@@ -7,7 +7,8 @@ A request goes: fuse the model's pCTR / pCVR / pCTCVR into one score (:func:`fus
   embedding (:mod:`pipelines.serving.embeddings`); the policy acts before scoring, it is only labelled here;
 * ``boost``: a fixed multiplier that fades with the item's age (:func:`age_boost`);
 * ``guaranteed_exposure``: the feedback boost that paces each new item to its exposure target
-  (:mod:`pipelines.serving.exposure`).
+  (:mod:`pipelines.serving.exposure`), from an in-process :class:`ExposureController` or from the near-line state
+  every worker shares (:class:`~pipelines.serving.nearline.SharedExposureController`).
 
 Boosts multiply the score, so the fused score must be positive and scale-free: a 2x boost should mean the same
 for a category with CTRs around 1% as for one around 10%. That is why fusion is a weighted geometric product.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,7 @@ __all__ = [
     "ExposureController",
     "FusionWeights",
     "NewItemEmbeddings",
+    "Pacer",
     "PolicyConfig",
     "age_boost",
     "apply_policies",
@@ -83,6 +85,12 @@ class PolicyConfig(BaseModel):
     fusion: FusionWeights = Field(default_factory=FusionWeights)
 
 
+class Pacer(Protocol):
+    """What :func:`apply_policies` needs of a guaranteed-exposure controller (in-process or near-line)."""
+
+    def boost(self, item_ids: Sequence[Hashable], now: float | dt.datetime) -> np.ndarray: ...
+
+
 def fuse(
     p_ctr: np.ndarray, p_cvr: np.ndarray, p_ctcvr: np.ndarray, weights: FusionWeights | PolicyConfig
 ) -> np.ndarray:
@@ -122,7 +130,7 @@ def apply_policies(
     scores: np.ndarray,
     item_ids: Sequence[Hashable],
     age_hours: np.ndarray,
-    controller: ExposureController | None,
+    controller: Pacer | None,
     now: float | dt.datetime,
     cfg: PolicyConfig,
     *,
@@ -135,13 +143,15 @@ def apply_policies(
     With ``quality`` given, candidates younger than ``exposure.window_hours`` that the controller does not know
     yet are registered, published ``age_hours`` before ``now``, with quality score = the percentile of their
     ``quality`` (pass pCTR) among this request's candidates and the given author score (0.5 when absent: an
-    author with no history is average). A service that registers items at ingestion passes no ``quality``.
+    author with no history is average). A service whose items are registered near-line, from the logs, by the
+    writer of :mod:`pipelines.serving.nearline` passes no ``quality``.
 
     Args:
         scores: [n] fused scores (:func:`fuse`), positive.
         item_ids: [n] candidate ids.
         age_hours: [n] hours since each item was published (NaN: unknown, no age boost, never registered).
-        controller: the guaranteed-exposure controller; required when ``cfg.exposure.enabled``.
+        controller: the guaranteed-exposure controller (anything with ``boost``); required when
+            ``cfg.exposure.enabled``; with ``quality`` it must be an :class:`ExposureController`.
         now: request time, POSIX seconds or a datetime.
         cfg: the policy config.
         out_of_vocab: [n] bool, the item was not in the model's vocabulary when scored; with the
@@ -167,6 +177,8 @@ def apply_policies(
         if controller is None:
             raise ValueError("guaranteed exposure is enabled but no controller was given")
         if quality is not None:
+            if not isinstance(controller, ExposureController):
+                raise ValueError("only an in-process ExposureController registers items from requests")
             _register_unseen(controller, item_ids, age, to_seconds(now), quality, author_score, cfg.exposure)
         paced = controller.boost(item_ids, now)
     codes = embedded * 1 + (boost > 1) * 2 + (paced > 1) * 4

@@ -5,6 +5,12 @@ default user embedding, POSO's "new" code), an unknown item the default item emb
 ``content_knn`` policy and a known content vector, the mean ID embedding of its most content-similar
 well-exposed items. Scores fuse pCTR, pCVR and pCTCVR, then the boost / guaranteed-exposure policies touch new
 items; each ranked item says which policies touched it.
+
+Guaranteed exposure runs in one of two modes. Given a :class:`~pipelines.serving.nearline.NearlineState`, the
+core reads the state every worker shares (:class:`~pipelines.serving.nearline.SharedExposureController`): items,
+targets and exposures come from the logs through the near-line writer, and the core's own answers count for
+nothing. Without one, an in-process :class:`ExposureController` registers new items from requests and counts the
+top ``slate_size`` of each answer as shown (a single process, simulations, benchmarks).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import pandas as pd
 import torch
 
 from pipelines.models.layers import EmbeddingLayer
+from pipelines.serving.exposure import ExposureConfig, author_percentiles
+from pipelines.serving.nearline import NearlineState, SharedExposureController
 from pipelines.serving.policies import (
     ExposureController,
     NewItemEmbeddings,
@@ -35,7 +43,7 @@ class RankerCore:
     """Scores candidates for a user with a registered multi-task ranker and the serving policies."""
 
     def __init__(self, wrapper, features=None, items: pd.DataFrame | None = None, config: PolicyConfig | None = None,
-                 version: str = "?") -> None:  # fmt: skip
+                 version: str = "?", nearline: NearlineState | None = None) -> None:  # fmt: skip
         """
         Args:
             wrapper: the loaded pyfunc's python model (``RankerModel``: ``encoder`` and torch ``model``).
@@ -43,13 +51,18 @@ class RankerCore:
                 ``items``); without it every feature must come in the request.
             items: known items' ``item_id``, ``content_vector``, ``exposures_total`` (for ``content_knn``).
             config: the policies; defaults to :class:`PolicyConfig`.
+            version: the model version the answers name.
+            nearline: the shared near-line state to pace new items from (read only); None: an in-process
+                controller that counts this core's own answers.
         """
         self.encoder, self.model = wrapper.encoder, wrapper.model
         self.model.eval()
         self.features = features
         self.config = config or PolicyConfig()
         self.version = version
-        self.controller = ExposureController(self.config)
+        self.controller: ExposureController | SharedExposureController = (
+            ExposureController(self.config) if nearline is None else SharedExposureController(nearline, self.config)
+        )
         self._tables = [m.tables[ITEM_FIELD] for m in self.model.modules()
                         if isinstance(m, EmbeddingLayer) and len(m.tables) == len(SPARSE)]  # fmt: skip
         self._extra: dict[int, int] = {}
@@ -128,11 +141,13 @@ class RankerCore:
         age = _age_hours(frame, now)
         vocab = self.encoder.vocab["item_id"]
         unknown = np.array([str(i) not in vocab for i in candidates])
+        local = isinstance(self.controller, ExposureController)  # else near-line: registered and counted from logs
+        authors = _author_scores(frame, self.config.exposure) if local else None
         scores, touched = apply_policies(base, np.asarray(candidates), age, self.controller, now, self.config,
-                                         quality=p_ctr)  # fmt: skip
+                                         quality=p_ctr if local else None, author_score=authors)  # fmt: skip
         order = np.argsort(-scores, kind="stable")[: k or len(candidates)]
-        shown = [candidates[i] for i in order[: self.config.slate_size]]
-        self.controller.record(np.asarray(shown), now)
+        if local:
+            self.controller.record(np.asarray([candidates[i] for i in order[: self.config.slate_size]]), now)
         items = []
         for i in order:
             policies = list(touched[i])
@@ -141,6 +156,19 @@ class RankerCore:
             items.append({"item_id": candidates[i], "score": float(scores[i]), "p_ctr": float(p_ctr[i]),
                           "p_cvr": float(p_cvr[i]), "p_ctcvr": float(p_ctcvr[i]), "policies": policies})  # fmt: skip
         return {"user_id": int(user_id), "new_user": not known_user, "model_version": self.version, "items": items}
+
+
+def _author_scores(frame: pd.DataFrame, cfg: ExposureConfig) -> np.ndarray | None:
+    """Author score per candidate for the in-process controller: the percentile of the author's smoothed CTR
+    (Feast's ``author_stats_fv``) among the candidates' authors; ``author_default_score`` without history."""
+    if "author_ctr_smoothed" not in frame or "author_id" not in frame:
+        return None
+    authors = pd.to_numeric(frame["author_id"], errors="coerce").to_numpy(dtype=float)
+    ctr = pd.to_numeric(frame["author_ctr_smoothed"], errors="coerce").to_numpy(dtype=float)
+    known = np.isfinite(authors) & np.isfinite(ctr)
+    scores = author_percentiles(dict(zip(authors[known].astype(np.int64).tolist(), ctr[known].tolist(), strict=True)))
+    return np.array([scores.get(int(a), cfg.author_default_score) if np.isfinite(a) else cfg.author_default_score
+                     for a in authors])  # fmt: skip
 
 
 def _age_hours(frame: pd.DataFrame, now: dt.datetime) -> np.ndarray:

@@ -14,6 +14,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from pipelines.serving.nearline import NearlineState, SharedExposureController
+from pipelines.serving.nearline_backends import SqliteBackend
 from pipelines.serving.policies import (
     ExposureConfig,
     ExposureController,
@@ -211,6 +213,18 @@ def test_apply_policies_registers_unseen_young_items_from_request_quality() -> N
     np.testing.assert_allclose(peer_percentile(np.array([3.0, 1.0, 2.0])), [5 / 6, 1 / 6, 0.5])
 
 
+def test_in_process_author_scores_come_from_the_candidates_author_features() -> None:
+    """Without the near-line state the ranker ranks the candidates' authors by Feast's smoothed CTR."""
+    import pandas as pd
+
+    from pipelines.serving.ranker import _author_scores
+
+    frame = pd.DataFrame({"author_id": [1, 2, 2, 3, None], "author_ctr_smoothed": [0.05, 0.01, 0.01, None, 0.2]})
+    cfg = ExposureConfig(author_default_score=0.4)
+    np.testing.assert_allclose(_author_scores(frame, cfg), [0.75, 0.25, 0.25, 0.4, 0.4])  # 3 has no history
+    assert _author_scores(frame.drop(columns="author_ctr_smoothed"), cfg) is None  # no author features: 0.5
+
+
 # --- the simulated day ------------------------------------------------------------------------------------------
 
 
@@ -226,20 +240,25 @@ class Day:
     new_candidates: int = 25  # of the 200, how many retrieval takes from items younger than 24 h
     shown: int = 10
     seed: int = 7
+    ingest_requests: int = 25  # near-line: logged impressions are ingested every this many requests (~5 min)
 
 
-def simulate(policy: PolicyConfig, day: Day = Day()) -> dict[str, np.ndarray]:
+def simulate(policy: PolicyConfig, day: Day = Day(), nearline: NearlineState | None = None) -> dict[str, np.ndarray]:
     """Serve ``day`` under ``policy``; returns per judged new item its target and exposures in its first 24 h.
 
     Items have a true quality (lognormal, the same law for warm and new). The ranker's score is the quality
     times a per-item model error and a per-request personal factor; the cold model under-rates new items
     (0.6x on average) and is noisier about them, as a model that has never seen their ids would be.
     Candidates: ``new_candidates`` items younger than 24 h (retrieval's fresh pool), the rest warm.
+
+    With ``nearline``, the controller is the near-line one: items are published into the state as they appear,
+    the served impressions (with clicks drawn from the true quality) are logged and ingested every
+    ``day.ingest_requests`` requests, the writer ticks at each hour end with the authors' scores, and the
+    judged target is the item's target at its last tick (it moves with the click evidence).
     """
     rng = np.random.default_rng(day.seed)
     n_warm, n_new = day.n_warm, day.hours * day.new_per_hour
-    # One index space: warm items first, then new items in publication order.
-    ids = np.array([f"warm-{i}" for i in range(n_warm)] + [f"new-{i}" for i in range(n_new)], dtype=object)
+    ids = np.arange(n_warm + n_new)  # one index space: warm items first, then new items in publication order
     new_quality = rng.normal(0.0, 0.5, n_new)
     score = np.concatenate([
         np.exp(rng.normal(0.0, 0.5, n_warm) + rng.normal(0.0, 0.2, n_warm)),
@@ -247,29 +266,72 @@ def simulate(policy: PolicyConfig, day: Day = Day()) -> dict[str, np.ndarray]:
     ])  # fmt: skip
     published = np.concatenate([np.full(n_warm, T0 - 1000 * HOUR),
                                 T0 + (np.arange(n_new) // day.new_per_hour + rng.random(n_new)) * HOUR])  # fmt: skip
-    is_new = np.arange(n_warm + n_new) >= n_warm
+    is_new = ids >= n_warm
     # The ranker's inputs to the target: the item's pCTR percentile among its peers, its author's CTR percentile.
     quality_pct = (np.argsort(np.argsort(score[n_warm:])) + 0.5) / n_new
     author_pct = np.clip(quality_pct + rng.normal(0.0, 0.3, n_new), 0.0, 1.0)
+    targets = exposure_target(quality_pct, author_pct, policy.exposure)
 
-    controller = ExposureController(policy.exposure)
-    controller.register(ids[n_warm:].tolist(), published[n_warm:], quality_pct, author_pct)
+    if nearline is None:
+        controller = ExposureController(policy.exposure)
+        controller.register(ids[n_warm:].tolist(), published[n_warm:], quality_pct, author_pct)
+    else:
+        controller, log = SharedExposureController(nearline, policy.exposure), _Log(nearline, new_quality, n_warm)
     exposures = np.zeros(n_warm + n_new)
     for hour in range(day.hours):
-        for now in T0 + (hour + np.sort(rng.random(day.requests_per_hour))) * HOUR:
+        if nearline is not None:  # this hour's new items enter the state when published
+            due = np.flatnonzero(is_new & (published < T0 + (hour + 1) * HOUR) & (published >= T0 + hour * HOUR))
+            nearline.publish(ids[due], due - n_warm, published[due])  # one author per item: its index
+        for request, now in enumerate(T0 + (hour + np.sort(rng.random(day.requests_per_hour))) * HOUR):
             fresh = n_warm + np.flatnonzero((published[n_warm:] <= now) & (now - published[n_warm:] < 24 * HOUR))
             new_pick = rng.choice(fresh, min(len(fresh), day.new_candidates), replace=False)
             pick = np.concatenate([rng.integers(0, n_warm, day.n_candidates - len(new_pick)), new_pick])
             scores = score[pick] * np.exp(rng.normal(0.0, 0.5, len(pick)))  # this user's taste
-            pick_ids = ids[pick].tolist()
             age = (now - published[pick]) / HOUR
-            adjusted, _ = apply_policies(scores, pick_ids, age, controller, now, policy, out_of_vocab=is_new[pick])
+            adjusted, _ = apply_policies(scores, ids[pick], age, controller, now, policy, out_of_vocab=is_new[pick])
             top = np.argpartition(-adjusted, day.shown - 1)[: day.shown]
-            controller.record([pick_ids[i] for i in top], now)
             np.add.at(exposures, pick[top], age[top] < 24)
+            if nearline is None:
+                controller.record(ids[pick[top]], now)
+            else:
+                log.shown(ids[pick[top]], now, flush=(request + 1) % day.ingest_requests == 0)
+        if nearline is not None:
+            log.tick(T0 + (hour + 1) * HOUR, dict(enumerate(author_pct.tolist())), targets)
     judged = published[n_warm:] < T0 + 24 * HOUR
-    targets = exposure_target(quality_pct, author_pct, policy.exposure)
     return {"target": targets[judged], "exposures": exposures[n_warm:][judged]}
+
+
+class _Log:
+    """The impression log of a near-line simulation and its writer: clicks drawn from the item's true quality."""
+
+    def __init__(self, nearline: NearlineState, new_quality: np.ndarray, n_warm: int) -> None:
+        self.nearline, self.n_warm = nearline, n_warm
+        self.p_click = np.clip(0.05 * np.exp(new_quality), 0.0, 1.0)  # new items only; warm items are not tracked
+        self.rng = np.random.default_rng(0)  # its own stream: the served requests stay the in-process run's
+        self.rows: list[tuple[np.ndarray, float]] = []
+
+    def shown(self, item_ids: np.ndarray, now: float, flush: bool) -> None:
+        self.rows.append((item_ids, now))
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        items = np.concatenate([i for i, _ in self.rows])
+        times = np.concatenate([np.full(len(i), t) for i, t in self.rows])
+        new = items >= self.n_warm
+        clicks = np.zeros(len(items))
+        clicks[new] = self.rng.random(new.sum()) < self.p_click[items[new] - self.n_warm]
+        self.nearline.record_impressions(items, times, clicks)
+        self.rows = []
+
+    def tick(self, now: float, author_scores: dict[int, float], targets: np.ndarray) -> None:
+        """Ingest the rest of the hour, tick, and keep each tracked item's latest target (its last one wins)."""
+        self.flush()
+        self.nearline.tick(now, author_scores)
+        state = self.nearline.snapshot()
+        targets[state["item_id"] - self.n_warm] = state["target"]
 
 
 def test_simulated_day_controller_reaches_targets_and_a_fixed_boost_does_not() -> None:
@@ -288,3 +350,14 @@ def test_simulated_day_controller_reaches_targets_and_a_fixed_boost_does_not() -
     assert (fixed_ratio >= 1).mean() < 0.95, summary
     assert fixed["exposures"].sum() > paced["exposures"].sum(), summary
     assert (fixed_ratio > 2).mean() > 0.05 and (fixed_ratio < 0.5).mean() > 0.05, summary  # over- and under-exposed
+
+
+def test_simulated_day_nearline_controller_reaches_targets_from_logged_impressions(tmp_path) -> None:
+    """The same day paced from the shared near-line state: exposures counted from the impression log, gain
+    integrated at hourly ticks, targets re-estimated from click evidence; serving only reads."""
+    with NearlineState(SqliteBackend(tmp_path / "nearline.db")) as nearline:
+        paced = simulate(PolicyConfig(boost_strength=0.0), nearline=nearline)
+    ratio = paced["exposures"] / paced["target"]
+    summary = f"near-line: {(ratio >= 1).mean():.1%} reach target, median ratio {np.median(ratio):.2f}"
+    assert (ratio >= 1).mean() >= 0.95, summary
+    assert np.median(ratio) < 1.2, summary
