@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from typing import Literal
 
@@ -94,6 +95,7 @@ def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
 
     home = experiment_settings(settings, cfg)
     home.ensure_home()
+    shutil.rmtree(home.home / "nearline", ignore_errors=True)  # a re-run starts the near-line state afresh
     sim_cfg = SimulatorConfig(
         days=cfg.pre_days + cfg.days, users=cfg.users, seed=cfg.seed, design=cfg.design, policy="popularity",
         treatment_policy="popularity", treatment_share=cfg.treatment_share, experiment_id=cfg.experiment_id,
@@ -166,6 +168,8 @@ class _Loop:
         from pipelines.catalog import model as catalog_model
         from pipelines.experiments.feed import PlatformFeed
         from pipelines.serving.features import FeastFeatures
+        from pipelines.serving.nearline import NearlineState
+        from pipelines.serving.nearline_ingest import feast_author_scores
         from pipelines.serving.ranker import RankerCore
 
         mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)
@@ -174,6 +178,8 @@ class _Loop:
         arms = self.cfg.policies()
         core = RankerCore(wrapper, config=arms[0], version=version)
         features = FeastFeatures(self.settings, self.cfg.dataset)
+        nearline = {arm: NearlineState.open(self.settings, f"{self.cfg.dataset}_arm{arm}", cfg.exposure)
+                    for arm, cfg in arms.items() if cfg.exposure.enabled}  # fmt: skip
         world = self.simulator.world
         if self.cfg.design == "user_split":
             buckets = world.u_bucket
@@ -185,7 +191,8 @@ class _Loop:
             def slot_arm(requests, candidates):
                 return world.a_bucket.view[world.i_author.view[candidates.items]]
 
-        return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size)
+        return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size, nearline,
+                            feast_author_scores(self.feast))  # fmt: skip
 
     def read_out(self) -> dict:
         """The experiment period's readout and report under the experiment home."""

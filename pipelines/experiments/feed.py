@@ -9,9 +9,14 @@ cache), fuses the task scores and applies the serving policies of the request's 
 (:func:`~pipelines.serving.policies.apply_policies`: fixed boost, guaranteed exposure), then keeps the top
 ``slate_size``.
 
-What the platform learns it learns as a platform would: publish events give each item's author and publish time
-(the age the policies read), and each hour's logged impressions are the exposures the guaranteed-exposure
-controller counts. It reads no hidden truth; the arm of a unit is the platform's own assignment.
+What the platform learns it learns as a platform would, through the near-line path the ranker bento reads
+(:mod:`pipelines.serving.nearline`): publish events give each item's author and publish time (the age the
+policies read), each hour's logged impressions are the exposures (and clicks) the guaranteed-exposure controller
+counts, and at each hour's end the near-line writer's tick re-estimates quality, targets and gains, with author
+scores from Feast's author features. Serving reads that state once per hour (exposures change only when the
+hour's impressions are logged, so the cached read is exact) and applies the same control law as
+:class:`~pipelines.serving.nearline.SharedExposureController`. It reads no hidden truth; the arm of a unit is the
+platform's own assignment.
 """
 
 from __future__ import annotations
@@ -23,10 +28,36 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.sim_feed import Requests, Slates
-from pipelines.serving.policies import ExposureController, PolicyConfig, apply_policies, fuse
+from pipelines.serving.exposure import HOUR, paced_boost, schedule_deficit, to_seconds
+from pipelines.serving.policies import PolicyConfig, apply_policies, fuse
 
 CHUNK = 65_536  # rows per forward pass
 US = 1_000_000
+
+
+class HourlyController:
+    """A :class:`~pipelines.serving.nearline.SharedExposureController` that reads the near-line state once per
+    simulated hour (:meth:`refresh`) instead of once per request; the boost is the same law on the same state."""
+
+    def __init__(self, nearline, cfg) -> None:
+        self.nearline, self.cfg = nearline, cfg
+        self._index: dict[int, int] = {}
+        self._snap: dict[str, np.ndarray] = {}
+
+    def refresh(self, item_ids: np.ndarray) -> None:
+        """Read the state of ``item_ids`` (the hour's candidates)."""
+        ids = np.unique(item_ids)
+        self._snap = self.nearline.snapshot(ids)
+        self._index = {int(i): j for j, i in enumerate(ids.tolist())}
+
+    def boost(self, item_ids, now) -> np.ndarray:
+        rows = np.fromiter((self._index.get(int(i), -1) for i in item_ids), np.int64, len(item_ids))
+        if (rows < 0).any():
+            raise KeyError("boost asked for an item outside the refreshed hour")
+        snap = {k: v[rows] for k, v in self._snap.items()}
+        age = (to_seconds(now) - snap["published"]) / HOUR
+        deficit = schedule_deficit(snap["target"], snap["exposures"], age, self.cfg)
+        return paced_boost(snap["log_gain"], deficit, age, snap["exposures"], snap["target"], self.cfg)
 
 
 class PlatformFeed:
@@ -39,6 +70,8 @@ class PlatformFeed:
         arms: dict[int, PolicyConfig],
         slot_arm: Callable[[Requests, Slates], np.ndarray],
         slate_size: int,
+        nearline: dict | None = None,
+        author_scores=None,
     ) -> None:
         """
         Args:
@@ -48,11 +81,22 @@ class PlatformFeed:
             slot_arm: (requests, candidates) -> [n_requests, n_candidates] bucket of each candidate slot (a user
                 split: the request's user's bucket; an author split: the item's author's bucket).
             slate_size: items shown per request.
+            nearline: bucket -> its :class:`~pipelines.serving.nearline.NearlineState`, for every arm whose
+                policies enable guaranteed exposure (each arm's targets follow its own ``ExposureConfig``).
+            author_scores: what the near-line tick scores authors with
+                (:func:`~pipelines.serving.nearline_ingest.feast_author_scores`); None: the default score.
         """
         self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
         self.slate_size = slate_size
-        self.controllers = {arm: ExposureController(cfg) for arm, cfg in arms.items()}
+        self.nearline = nearline or {}
+        missing = [arm for arm, cfg in arms.items() if cfg.exposure.enabled and arm not in self.nearline]
+        if missing:
+            raise ValueError(f"arms {missing} enable guaranteed exposure but have no near-line state")
+        self.controllers = {arm: HourlyController(state, arms[arm].exposure) for arm, state in self.nearline.items()}
+        self.author_scores = author_scores
+        self.targets: dict[int, dict[int, tuple[float, float]]] = {arm: {} for arm in self.nearline}
         self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
+        self._pending: pa.Table | None = None  # published items not yet handed to the near-line writer
 
     # ---- what the platform learns ------------------------------------------------------------------------
     def published(self, publishes: pa.Table) -> None:
@@ -66,28 +110,47 @@ class PlatformFeed:
             self._published = grown
         times = publishes["publish_time"].cast(pa.int64()).to_numpy()
         self._published[items] = times / US
+        new = publishes.select(["item_id", "author_id", "publish_time"])
+        self._pending = new if self._pending is None else pa.concat_tables([self._pending, new])
 
     def logged(self, impressions: pa.Table) -> None:
-        """An hour's logged impressions: each is one exposure for every arm's controller."""
-        items = np.asarray(impressions["item_id"], dtype=np.int64)
+        """The near-line writer's hour: items published by the hour's end enter the state, the hour's logged
+        impressions are counted, and the tick at the hour's end re-estimates targets and gains."""
         times = impressions["event_time"].cast(pa.int64()).to_numpy()
-        if not len(items):
+        if not len(times) or not self.nearline:
             return
-        now = float(times.max()) / US
-        for controller in self.controllers.values():
-            controller.record(items.tolist(), now)
+        hour_end = (int(times.max()) // (3600 * US) + 1) * 3600
+        pending = self._pending if self._pending is not None else pa.table({"publish_time": pa.array([], pa.int64())})
+        pending_times = pending["publish_time"].cast(pa.int64()).to_numpy() / US
+        due = pending_times < hour_end
+        items = np.asarray(impressions["item_id"], np.int64)
+        clicks = np.asarray(impressions["click"], float)
+        for arm, state in self.nearline.items():
+            if due.any():
+                published = pending.filter(pa.array(due))
+                state.publish(np.asarray(published["item_id"]), published["author_id"].to_pylist(),
+                              pending_times[due])  # fmt: skip
+            state.record_impressions(items, times / US, clicks)
+            state.tick(hour_end, self.author_scores)
+            snap = state.snapshot()  # the last word on each item before the tick that forgets it
+            pairs = zip(snap["target"].tolist(), snap["exposures"].tolist(), strict=True)
+            self.targets[arm].update(zip(snap["item_id"].tolist(), pairs, strict=True))
+        if due.any():
+            self._pending = pending.filter(pa.array(~due))
 
     # ---- ranking -----------------------------------------------------------------------------------------
     def order(self, requests: Requests, candidates: Slates) -> Slates:
         """Score the hour's candidates in one batch, apply each slot's arm's policies, keep the top slate."""
         items = candidates.items
-        p_ctr, base, unknown = self.score(requests.user, items)
+        _, base, unknown = self.score(requests.user, items)
         arm = self.slot_arm(requests, candidates)
+        for controller in self.controllers.values():
+            controller.refresh(items)
         final = np.empty_like(base)
         for r in range(len(items)):
             now = requests.time_us[r] / US
             age = (now - self._age_source(items[r])) / 3600.0
-            final[r] = self._policies(base[r], items[r], age, arm[r], now, unknown[r], p_ctr[r])
+            final[r] = self._policies(base[r], items[r], age, arm[r], now, unknown[r])
         order = np.argsort(-final, axis=1, kind="stable")[:, : self.slate_size]
         return Slates(np.take_along_axis(items, order, axis=1), np.take_along_axis(candidates.channel, order, axis=1))
 
@@ -97,14 +160,14 @@ class PlatformFeed:
         out[known] = self._published[items[known]]
         return out
 
-    def _policies(self, base, items, age, arm, now, unknown, p_ctr) -> np.ndarray:
+    def _policies(self, base, items, age, arm, now, unknown) -> np.ndarray:
         """One request's scores after its arms' policies (an author split mixes arms within a request)."""
         out = np.empty(len(items))
         ids = items.tolist()
         for bucket in np.unique(arm):
             cfg = self.arms[int(bucket)]
-            scores, _ = apply_policies(base, ids, age, self.controllers[int(bucket)], now, cfg,
-                                       out_of_vocab=unknown, quality=p_ctr)  # fmt: skip
+            scores, _ = apply_policies(base, ids, age, self.controllers.get(int(bucket)), now, cfg,
+                                       out_of_vocab=unknown)  # fmt: skip
             mask = arm == bucket
             out[mask] = scores[mask]
         return out
