@@ -31,16 +31,18 @@ def demo(
 
     Simulates the logs, starts the platform (`coldstart platform up`), triggers `validate_logs` over every
     simulated day through the REST API and follows the Asset chain (validate -> materialize -> train ->
-    evaluate -> promote), trains MeLU the same way, reads out the A/B experiment, asks the staging ranker,
-    and prints where to look. The platform keeps running unless `--down`.
+    evaluate -> promote), runs a small closed-loop experiment beside MeLU's chain, reads out the A/B experiment,
+    asks the staging ranker, and prints where to look. The platform keeps running unless `--down`.
     """
     from pipelines.platform.launcher import down as platform_down
     from pipelines.serving.promote import staging_record
 
     settings, client, first, last = _start_platform(days, users, seed)
     _run_ranker_chain(client, first, last)
+    experiment = _start_experiment(client)  # beside MeLU's single-threaded training: the other core is free
     _run_own_data_chains(client)
     _read_out_ab(client, first, last)
+    _finish_experiment(client, experiment)
     if staging_record(settings, "esmm"):
         _ask_staging_ranker()
     _print_where_to_look(settings, client, first, last)
@@ -63,7 +65,7 @@ def _start_platform(days: int, users: int, seed: int) -> tuple[Settings, Airflow
     settings = _settings()
     platform_up(workers=1, timeout=300)
     client = _airflow_client(settings)
-    client.wait_for_dags((*CHAIN, "coldstart_ab_metrics"))
+    client.wait_for_dags((*CHAIN, "coldstart_ab_metrics", "coldstart_experiment"))
     sim_days = Store(settings.data_dir, "sim").partitions("impressions")
     return settings, client, sim_days[0].isoformat(), sim_days[-1].isoformat()
 
@@ -103,8 +105,25 @@ def _read_out_ab(client: AirflowClient, first: str, last: str) -> None:
     _print_chain(client, {"coldstart_ab_metrics": [client.wait_run("coldstart_ab_metrics", run["dag_run_id"])]})
 
 
+# A small closed-loop experiment: guaranteed exposure for treatment authors' new items, served by the platform.
+_DEMO_EXPERIMENT = {"experiment_id": "demo_guaranteed_exposure", "design": "author_split", "users": 3000,
+                    "pre_days": 4, "days": 2}  # fmt: skip
+
+
+def _start_experiment(client: AirflowClient) -> dict:
+    """Trigger `coldstart_experiment` (a small closed loop); it runs while the next chapters do."""
+    console.rule("Closed-loop experiment (coldstart_experiment): the platform serves the simulated feed")
+    return client.trigger("coldstart_experiment", _DEMO_EXPERIMENT, note="coldstart demo: closed loop")
+
+
+def _finish_experiment(client: AirflowClient, run: dict) -> None:
+    """Wait for the experiment's run and print it."""
+    _print_chain(client, {"coldstart_experiment": [client.wait_run("coldstart_experiment", run["dag_run_id"])]})
+
+
 def _print_where_to_look(settings: Settings, client: AirflowClient, first: str, last: str) -> None:
     """The UIs, the login and the reports the demo wrote."""
+    from pipelines.experiments.closed_loop import ClosedLoopConfig, report_path
     from pipelines.platform.launcher import admin_password
 
     reports = settings.reports_dir
@@ -116,6 +135,7 @@ def _print_where_to_look(settings: Settings, client: AirflowClient, first: str, 
             "evaluation reports": str(reports / "evaluation" / "sim"),
             "A/B report": str(reports / "ab" / "sim" / "exp_new_item_boost" / f"{first}_{last}" / "report.html"),
             "Data Docs": str(reports / "validation" / "sim" / f"{last}" / "index.html"),
+            "closed-loop experiment report": str(report_path(settings, ClosedLoopConfig(**_DEMO_EXPERIMENT))),
             "staging bentos": str(settings.home / "serving"),
             "stop the platform": "coldstart platform down",
         },

@@ -87,6 +87,21 @@ def experiment_settings(settings: Settings, cfg: ClosedLoopConfig) -> Settings:
     return get_settings(home=settings.home / "experiments" / cfg.experiment_id, profile="local")
 
 
+def experiment_window(cfg: ClosedLoopConfig) -> tuple[dt.date, dt.date]:
+    """The experiment period's first and last day (the simulation starts on the simulator's default date)."""
+    from pipelines.data.sim_config import SimulatorConfig
+
+    first = SimulatorConfig.model_fields["start_date"].default + dt.timedelta(days=cfg.pre_days)
+    return first, first + dt.timedelta(days=cfg.days - 1)
+
+
+def report_path(settings: Settings, cfg: ClosedLoopConfig):
+    """Where the experiment's HTML readout is written (under its own home)."""
+    start, end = experiment_window(cfg)
+    home = experiment_settings(settings, cfg)
+    return home.reports_dir / "ab" / cfg.dataset / cfg.experiment_id / f"{start}_{end}" / "report.html"
+
+
 def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
     """Run the experiment end to end; returns its summary (arms, readout headline, report path, timings)."""
     from pipelines.data.contract import Store
