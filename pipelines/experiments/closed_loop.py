@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.settings import Settings, get_settings
 
@@ -68,6 +68,23 @@ class ClosedLoopConfig(BaseModel):
 
         PolicyConfig(**value)  # unknown keys and bad values fail here
         return value
+
+    @model_validator(mode="after")
+    def _one_pacing_rule(self) -> ClosedLoopConfig:
+        from pipelines.serving.policies import PolicyConfig
+
+        paced = [
+            PolicyConfig(**p).exposure for p in (self.control, self.treatment) if PolicyConfig(**p).exposure.enabled
+        ]
+        if len(paced) == 2 and paced[0] != paced[1]:
+            raise ValueError("both arms enable guaranteed exposure: give them the same `exposure` config (one "
+                             "near-line state sets every new item's target)")  # fmt: skip
+        return self
+
+    def judge(self):
+        """The ``ExposureConfig`` that sets every new item's target: the pacing arm's, else the treatment's."""
+        arms = self.policies()
+        return arms[0].exposure if arms[0].exposure.enabled else arms[1].exposure
 
     def policies(self) -> dict:
         """Experiment bucket (0 control, 1 treatment) -> its PolicyConfig."""
@@ -124,7 +141,7 @@ def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
     loop.timings["simulate_and_serve_s"] = time.perf_counter() - started - sum(loop.timings.values())
     result = loop.read_out()
     return {"experiment_id": cfg.experiment_id, "home": str(home.home), "impressions": summary.impressions,
-            "staged": loop.staged, "timings": loop.timings, **result}  # fmt: skip
+            "staged": loop.staged, "timings": loop.timings, "target_reach": loop.target_reach(), **result}  # fmt: skip
 
 
 class _Loop:
@@ -193,8 +210,7 @@ class _Loop:
         arms = self.cfg.policies()
         core = RankerCore(wrapper, config=arms[0], version=version)
         features = FeastFeatures(self.settings, self.cfg.dataset)
-        nearline = {arm: NearlineState.open(self.settings, f"{self.cfg.dataset}_arm{arm}", cfg.exposure)
-                    for arm, cfg in arms.items() if cfg.exposure.enabled}  # fmt: skip
+        nearline = NearlineState.open(self.settings, self.cfg.dataset, self.cfg.judge())
         world = self.simulator.world
         if self.cfg.design == "user_split":
             buckets = world.u_bucket
@@ -226,3 +242,33 @@ class _Loop:
         names = ("ctr", "target_reach_24h", "publish_penetration")
         headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
         return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline}
+
+    def target_reach(self) -> dict:
+        """Per author group: new items of the experiment period whose 24 h window the logs cover (judged), the
+        share that reached the target the near-line state set them, and their mean over-exposure beyond it
+        (``max(0, exposures - target) / target``). Groups: the authors' buckets in an author split, else all."""
+        import numpy as np
+        import pandas as pd
+
+        feed = self.simulator.feed
+        targets = pd.DataFrame([(i, t, e) for i, (t, e) in getattr(feed, "targets", {}).items()],
+                               columns=["item_id", "target", "exposures"])  # fmt: skip
+        start, end = self.days[self.cfg.pre_days], self.days[-1]
+        published = self.store.read_range("publishes", start, end).to_pandas()
+        window = pd.Timedelta(hours=self.cfg.judge().window_hours)
+        log_end = pd.Timestamp(end + dt.timedelta(days=1), tz="UTC")
+        judged = published[published["publish_time"] + window <= log_end].merge(targets, on="item_id", how="left")
+        judged["group"] = "all"
+        if self.cfg.design == "author_split":
+            units = self.store.read_range("assignments", end=end).to_pandas()
+            bucket = units[units["unit_type"] == "author"].drop_duplicates("unit_id").set_index("unit_id")["bucket"]
+            judged["group"] = judged["author_id"].map(bucket).fillna("unassigned")
+        judged.to_parquet(self.settings.home / "judged_items.parquet")
+        out = {}
+        for group, rows in judged.groupby("group"):
+            known = rows.dropna(subset=["target"])
+            over = np.maximum(known["exposures"] - known["target"], 0) / known["target"]
+            reached = float((known["exposures"] >= known["target"]).mean())
+            out[str(group)] = {"judged": len(rows), "reached": reached, "over_exposure": float(over.mean()),
+                               "without_target": int(len(rows) - len(known))}  # fmt: skip
+        return out

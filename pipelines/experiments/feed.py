@@ -70,7 +70,7 @@ class PlatformFeed:
         arms: dict[int, PolicyConfig],
         slot_arm: Callable[[Requests, Slates], np.ndarray],
         slate_size: int,
-        nearline: dict | None = None,
+        nearline=None,
         author_scores=None,
     ) -> None:
         """
@@ -81,20 +81,21 @@ class PlatformFeed:
             slot_arm: (requests, candidates) -> [n_requests, n_candidates] bucket of each candidate slot (a user
                 split: the request's user's bucket; an author split: the item's author's bucket).
             slate_size: items shown per request.
-            nearline: bucket -> its :class:`~pipelines.serving.nearline.NearlineState`, for every arm whose
-                policies enable guaranteed exposure (each arm's targets follow its own ``ExposureConfig``).
+            nearline: the experiment's :class:`~pipelines.serving.nearline.NearlineState`: every published item
+                and every logged impression, whatever the arm, so each new item has a target by the state's rule
+                (what the arms whose policies enable guaranteed exposure pace to, and what reach is judged by).
             author_scores: what the near-line tick scores authors with
                 (:func:`~pipelines.serving.nearline_ingest.feast_author_scores`); None: the default score.
         """
         self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
         self.slate_size = slate_size
-        self.nearline = nearline or {}
-        missing = [arm for arm, cfg in arms.items() if cfg.exposure.enabled and arm not in self.nearline]
-        if missing:
-            raise ValueError(f"arms {missing} enable guaranteed exposure but have no near-line state")
-        self.controllers = {arm: HourlyController(state, arms[arm].exposure) for arm, state in self.nearline.items()}
+        self.nearline = nearline
+        paced = [arm for arm, cfg in arms.items() if cfg.exposure.enabled]
+        if paced and nearline is None:
+            raise ValueError(f"arms {paced} enable guaranteed exposure but there is no near-line state")
+        self.controllers = {arm: HourlyController(nearline, arms[arm].exposure) for arm in paced}
         self.author_scores = author_scores
-        self.targets: dict[int, dict[int, tuple[float, float]]] = {arm: {} for arm in self.nearline}
+        self.targets: dict[int, tuple[float, float]] = {}  # item -> (target, exposures) as the state last had them
         self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
         self._pending: pa.Table | None = None  # published items not yet handed to the near-line writer
 
@@ -117,7 +118,7 @@ class PlatformFeed:
         """The near-line writer's hour: items published by the hour's end enter the state, the hour's logged
         impressions are counted, and the tick at the hour's end re-estimates targets and gains."""
         times = impressions["event_time"].cast(pa.int64()).to_numpy()
-        if not len(times) or not self.nearline:
+        if not len(times) or self.nearline is None:
             return
         hour_end = (int(times.max()) // (3600 * US) + 1) * 3600
         pending = self._pending if self._pending is not None else pa.table({"publish_time": pa.array([], pa.int64())})
@@ -125,16 +126,15 @@ class PlatformFeed:
         due = pending_times < hour_end
         items = np.asarray(impressions["item_id"], np.int64)
         clicks = np.asarray(impressions["click"], float)
-        for arm, state in self.nearline.items():
-            if due.any():
-                published = pending.filter(pa.array(due))
-                state.publish(np.asarray(published["item_id"]), published["author_id"].to_pylist(),
-                              pending_times[due])  # fmt: skip
-            state.record_impressions(items, times / US, clicks)
-            state.tick(hour_end, self.author_scores)
-            snap = state.snapshot()  # the last word on each item before the tick that forgets it
-            pairs = zip(snap["target"].tolist(), snap["exposures"].tolist(), strict=True)
-            self.targets[arm].update(zip(snap["item_id"].tolist(), pairs, strict=True))
+        state = self.nearline
+        if due.any():
+            published = pending.filter(pa.array(due))
+            state.publish(np.asarray(published["item_id"]), published["author_id"].to_pylist(), pending_times[due])
+        state.record_impressions(items, times / US, clicks)
+        state.tick(hour_end, self.author_scores)
+        snap = state.snapshot()  # the last word on each item before the tick that forgets it
+        pairs = zip(snap["target"].tolist(), snap["exposures"].tolist(), strict=True)
+        self.targets.update(zip(snap["item_id"].tolist(), pairs, strict=True))
         if due.any():
             self._pending = pending.filter(pa.array(~due))
 
