@@ -49,9 +49,9 @@ class ClosedLoopConfig(BaseModel):
     model: str = "esmm"
     train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
     gate: dict = Field(
-        default_factory=lambda: {"floors": {"ctr:auc": 0.52, "ctcvr:auc": 0.52}},
+        default_factory=lambda: {"floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5}},
         description="GateConfig overrides for staging the model (a few small days train a weaker model than the "
-        "platform's week: the floors only check it beats a random ranker).",
+        "platform's week, held out on one small day: the floors only refuse a model worse than random).",
     )
     # Policies as PolicyConfig fields (checked here, built when the run starts: the DAG reads these defaults at
     # parse time, which must not import the serving stack). Treatment targets are scaled to the simulator's
@@ -191,7 +191,9 @@ class _Loop:
         if not gate["gate"]["passed"]:
             raise RuntimeError(f"the gate blocked {self.cfg.model} v{trained['version']}: "
                                + "; ".join(gate["gate"]["reasons"]))  # fmt: skip
-        self.staged = {"model": self.cfg.model, "version": trained["version"], "evaluation": gate["report"]["html"]}
+        overall = gate["slices"]["overall"]["tasks"]["ctr"]["candidate"]["auc"]["value"] if "slices" in gate else None
+        self.staged = {"model": self.cfg.model, "version": trained["version"], "held_out_ctr_auc": overall,
+                       "evaluation": gate["report"]["html"]}  # fmt: skip
         self.simulator.feed = self.platform_feed(trained["version"])
 
     def platform_feed(self, version: str):
@@ -238,7 +240,7 @@ class _Loop:
         result = readout(self.store, start, end, readout_cfg, self.cfg.treatment_share)
         out_dir = self.settings.reports_dir / "ab" / self.cfg.dataset / self.cfg.experiment_id / f"{start}_{end}"
         paths = write_report(result, out_dir)
-        keys = ("control", "treatment", "rel_diff", "p_value")
+        keys = ("control", "treatment", "rel_diff", "rel_ci", "p_value")
         names = ("ctr", "target_reach_24h", "publish_penetration")
         headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
         return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline}
