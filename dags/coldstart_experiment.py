@@ -12,7 +12,7 @@ materialized so the next is scored on fresh features, and the readout of `coldst
 experiment period (HTML report under the experiment home).
 
 Params: `experiment_id`, `design`, `treatment_share`, `pre_days`, `days`, `users`, `seed`, `impressions_per_day`,
-`candidates`, `model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
+`candidates`, `cuped`, `model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def _describe(name: str) -> str:
         "candidates": Param(
             default(ClosedLoopConfig, "candidates"), type="integer", minimum=1, description=_describe("candidates")
         ),
+        "cuped": Param(default(ClosedLoopConfig, "cuped"), type="boolean", description=_describe("cuped")),
         "model": Param(default(ClosedLoopConfig, "model"), type="string"),
         "train": Param(default(ClosedLoopConfig, "train"), type="object", description=_describe("train")),
         "gate": Param(default(ClosedLoopConfig, "gate"), type="object", description=_describe("gate")),
@@ -62,17 +63,26 @@ def _describe(name: str) -> str:
     doc_md=__doc__,
 )
 def coldstart_experiment() -> None:
-    @task(retries=0)
+    @task
     def run() -> dict:
-        """Pre-period, staging, experiment period and readout; returns the headline and the report's path."""
-        from pipelines.experiments.closed_loop import run_closed_loop
+        """Pre-period, staging, experiment period and readout; returns the headline and the report's path.
+
+        A retry starts the experiment afresh in its home (same seed: same pre-period); a gate that blocks the
+        staged model fails the task without retries (training again would give the same model).
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines.experiments.closed_loop import ExperimentError, run_closed_loop
         from pipelines.settings import get_settings
 
         params = get_current_context()["params"]
         cfg = ClosedLoopConfig(**{k: v for k, v in params.items() if k in ClosedLoopConfig.model_fields})
         settings = get_settings()
         settings.ensure_home()
-        return run_closed_loop(settings, cfg)
+        try:
+            return run_closed_loop(settings, cfg)
+        except ExperimentError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     run()
 

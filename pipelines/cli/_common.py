@@ -43,6 +43,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.data.movielens import MovieLensMissingError
     from pipelines.evaluation.api import EvaluationError
     from pipelines.evaluation.slices import SliceError
+    from pipelines.experiments.closed_loop import ExperimentError
     from pipelines.platform.client import ChainError
     from pipelines.platform.launcher import PlatformError
     from pipelines.serving.promote import PromotionError
@@ -50,7 +51,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     return (SettingsError, ContractError, MissingPartitionError, MovieLensMissingError, ValidationError,
             EvaluationError, SliceError, PydanticValidationError, PromotionError, PlatformError,
-            ChainError, ApiException, CatalogError)  # fmt: skip
+            ChainError, ApiException, CatalogError, ExperimentError)  # fmt: skip
 
 
 def _message(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.data.contract import Store
-from pipelines.experiments.metrics import ReadoutConfig
+from pipelines.experiments.config import ReadoutConfig
 from pipelines.experiments.readout import readout
 from pipelines.experiments.report import write_report
 from pipelines.settings import get_settings, use_mlflow_experiment
@@ -27,11 +27,12 @@ def readout_for_run(
     use_mlflow_experiment(settings, MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_name=f"{cfg.experiment_id} {start}..{end}") as run:
         mlflow.log_params(
-            {"dataset": dataset, "start": start, "end": end, "design": result["design"], **cfg.model_dump()}
+            {"dataset": dataset, "start": start, "end": end, "design": result["design"], **cfg.model_dump(mode="json")}
         )
-        mlflow.set_tags({"experiment_id": cfg.experiment_id, "srm": str(result["srm"]["mismatch"]).lower()})
+        mlflow.set_tags({"experiment_id": cfg.experiment_id, "srm": str(result["srm"]["mismatch"]).lower(),
+                         "correction": cfg.correction, "primary": ",".join(cfg.primary)})  # fmt: skip
         for name, metric in result["metrics"].items():
-            for key in ("rel_diff", "p_value", "control", "treatment"):
+            for key in ("rel_diff", "p_value", "p_adjusted", "control", "treatment"):
                 value = metric[key]
                 if value == value:  # not NaN
                     mlflow.log_metric(f"{name}.{key}", value)

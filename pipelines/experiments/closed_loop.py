@@ -32,6 +32,10 @@ from pipelines.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+class ExperimentError(RuntimeError):
+    """The experiment cannot go on as configured (the gate blocked the model it would serve)."""
+
+
 class ClosedLoopConfig(BaseModel):
     """Everything a closed-loop experiment can be told; unknown keys are rejected."""
 
@@ -46,6 +50,7 @@ class ClosedLoopConfig(BaseModel):
     seed: int = 7
     impressions_per_day: int | None = Field(None, ge=1)
     candidates: int = Field(30, ge=1, description="Recall candidates per request the feed picks the slate from.")
+    cuped: bool = Field(True, description="CUPED in the readout, with the pre-period as covariate days.")
     model: str = "esmm"
     train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
     gate: dict = Field(
@@ -189,7 +194,7 @@ class _Loop:
         quick = EvaluationConfig(n_bootstrap=0, gate=dict(self.cfg.gate))
         gate = evaluate_model(self.settings, self.cfg.model, self.cfg.dataset, config=quick)
         if not gate["gate"]["passed"]:
-            raise RuntimeError(f"the gate blocked {self.cfg.model} v{trained['version']}: "
+            raise ExperimentError(f"the gate blocked {self.cfg.model} v{trained['version']}: "
                                + "; ".join(gate["gate"]["reasons"]))  # fmt: skip
         overall = gate["slices"]["overall"]["tasks"]["ctr"]["candidate"]["auc"]["value"] if "slices" in gate else None
         self.staged = {"model": self.cfg.model, "version": trained["version"], "held_out_ctr_auc": overall,
@@ -229,14 +234,15 @@ class _Loop:
 
     def read_out(self) -> dict:
         """The experiment period's readout and report under the experiment home."""
-        from pipelines.experiments.metrics import ReadoutConfig
+        from pipelines.experiments.config import ReadoutConfig
         from pipelines.experiments.readout import readout
         from pipelines.experiments.report import write_report
 
         start, end = self.days[self.cfg.pre_days], self.days[-1]
         exposure = self.cfg.policies()[1].exposure
         readout_cfg = ReadoutConfig(experiment_id=self.cfg.experiment_id, exposure_target=int(exposure.min_target),
-                                    high_exposure_threshold=int(exposure.max_target))  # fmt: skip
+                                    high_exposure_threshold=int(exposure.max_target),
+                                    cuped_pre_days=self.cfg.pre_days if self.cfg.cuped else 0)  # fmt: skip
         result = readout(self.store, start, end, readout_cfg, self.cfg.treatment_share)
         out_dir = self.settings.reports_dir / "ab" / self.cfg.dataset / self.cfg.experiment_id / f"{start}_{end}"
         paths = write_report(result, out_dir)

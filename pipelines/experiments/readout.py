@@ -1,32 +1,38 @@
-"""Read out a cold-start experiment: metrics per bucket, per day and over the window, with statistics."""
+"""Read out a cold-start experiment: metrics per bucket over the window and per day, with statistics.
+
+Window-level metrics are the tested family: each has a role (primary, guardrail, secondary; from
+:class:`ReadoutConfig`) and a p-value adjusted over the family (Holm by default, Benjamini-Hochberg as an
+option); ``significant`` is decided on the adjusted p-value. Daily lifts are descriptive (no significance)
+unless ``correct_daily``. The sample-ratio check counts assigned units. New items are followed up only where
+their windows are observed, with the matured counts per bucket.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from pipelines.data.contract import Store
-from pipelines.experiments.metrics import METRICS, ReadoutConfig, build_unit_days, daily_moments, unit_arrays
-from pipelines.experiments.metrics import window_moments as _window_moments
+from pipelines.experiments import aggregates
+from pipelines.experiments.config import ReadoutConfig
+from pipelines.experiments.correction import adjust
+from pipelines.experiments.cuped import Covariate, compare_with_cuped
+from pipelines.experiments.definitions import Metric
+from pipelines.experiments.design import design_warning, warning_text
+from pipelines.experiments.metrics import build_unit_days, create_units, drop_intermediates, observed_until
 from pipelines.experiments.stats import Moments, bootstrap_diff_ci, compare, sample_ratio_check
+from pipelines.experiments.survival import first_exposure
 
 log = logging.getLogger(__name__)
-
-WARNINGS = {
-    "user_split": (
-        "User split: treatment users' feeds boost new items from every author, so control authors' items get "
-        "extra exposure too and the new-item pool is shared by both groups. Author-side metrics mix both groups' "
-        "traffic and understate the effect of boosting everyone; read them from an author split."
-    ),
-    "author_split": (
-        "Author split: treatment authors' new items take feed slots from control authors' items in the same feeds "
-        "(competition for exposure), so control is not an untouched baseline and the lift overstates what a "
-        "boost for all authors would give. Consumer-side metrics here are per author bucket, not per viewer."
-    ),
-}
+BUCKETS = ("control", "treatment")
 
 
 def readout(
@@ -41,17 +47,25 @@ def readout(
     """Compute every metric per bucket over [start, end] and per day, treatment vs control.
 
     Returns:
-        A JSON-ready dict: design, warning, SRM check, window comparisons (with a bootstrap CI for
-        ``bootstrap_metrics`` when there are at most ``bootstrap_max_units`` units), daily comparisons.
+        A JSON-ready dict: design and its four questions answered, SRM check on assigned units, window
+        comparisons with roles and adjusted p-values (a bootstrap CI for ``bootstrap_metrics`` when there are at
+        most ``bootstrap_max_units`` units), the new items' follow-up per bucket, descriptive daily comparisons.
+
+    Raises:
+        ValueError: when the buckets are not exactly control and treatment.
     """
     cfg = cfg or ReadoutConfig()
     started = time.perf_counter()
-    tallies = _tally(store, start, end, cfg, bootstrap_metrics, bootstrap_max_units)
-    if set(tallies.window) != {"control", "treatment"}:
-        raise ValueError(f"expected buckets control and treatment, found {sorted(tallies.window)}")
-    metrics = _window_comparisons(tallies.window, tallies.arrays, cfg.alpha)
-    days = _daily_comparisons(tallies.daily, cfg.alpha)
-    srm = sample_ratio_check(tallies.counts, {"control": 1 - treatment_share, "treatment": treatment_share})
+    t = _tally(store, start, end, cfg, bootstrap_metrics, bootstrap_max_units)
+    if set(t.window) != set(BUCKETS):
+        raise ValueError(f"expected buckets control and treatment, found {sorted(t.window)}")
+    metrics = _window_comparisons(t, cfg.alpha)
+    correction = _correct_window(metrics, cfg)
+    srm = sample_ratio_check(t.assigned, {"control": 1 - treatment_share, "treatment": treatment_share},
+                             cfg.srm_threshold)  # fmt: skip
+    shares = {b: t.totals.get(b, {}).get("new_imps", 0) / max(t.totals.get(b, {}).get("impressions", 0), 1)
+              for b in BUCKETS}  # fmt: skip
+    questions = design_warning(t.design, treatment_share, shares)
     seconds = time.perf_counter() - started
     log.info("readout of %s %s..%s in %.1fs", cfg.experiment_id, start, end, seconds)
     return {
@@ -59,12 +73,22 @@ def readout(
         "dataset": store.dataset,
         "start": start.isoformat(),
         "end": end.isoformat(),
-        "design": tallies.design,
-        "warning": WARNINGS[tallies.design],
-        "config": cfg.model_dump(),
-        "srm": {**srm.__dict__},
+        "observed_until": t.observed.isoformat(),
+        "design": t.design,
+        "unit_type": t.unit_type,
+        "design_questions": questions,
+        "warning": warning_text(questions),
+        "config": cfg.model_dump(mode="json"),
+        "srm": {
+            **srm.__dict__,
+            "counted": "assigned units",
+            "active_units": {b: t.totals.get(b, {}).get("active_units", 0) for b in BUCKETS},
+        },
+        "correction": correction,
         "metrics": metrics,
-        "daily": days,
+        "items": _items(t, cfg),
+        "new_item_impression_share": shares,
+        "daily": _daily_comparisons(t.daily, t.metrics, cfg),
         "seconds": seconds,
     }
 
@@ -74,10 +98,45 @@ class _Tallies:
     """What the readout reads from the logs: the design and the per-bucket sums the statistics need."""
 
     design: str
+    unit_type: str
+    metrics: tuple[Metric, ...]  # the family of the unit type
+    observed: dt.date  # the last day item follow-ups read
     window: dict[str, dict[str, Moments]]  # bucket -> metric -> moments over the window
+    covariates: dict[str, dict[str, Covariate]]  # bucket -> metric -> CUPED covariate (empty without CUPED)
     daily: dict[str, dict[str, dict[str, Moments]]]  # day -> bucket -> metric -> moments
-    counts: dict[str, int]  # bucket -> units with any unit-day
+    assigned: dict[str, int]  # bucket -> assigned units (the SRM test's counts)
+    totals: dict[str, dict[str, float]]  # bucket -> active units, impressions, new-item impressions
+    items: dict[str, dict[str, int]]  # bucket -> new-item counts (published, matured per window)
+    curves: dict[str, tuple[list, list, list]]  # bucket -> time to first exposure: times, events, censored
     arrays: dict[str, dict[str, tuple]]  # metric -> bucket -> unit-level (y, x), for the bootstrap check
+
+
+@contextlib.contextmanager
+def _built(store: Store, start: dt.date, end: dt.date, cfg: ReadoutConfig) -> Iterator[tuple]:
+    """A spilling DuckDB with ``units``, ``unit_days`` (and ``pre_unit_days`` with CUPED) built.
+
+    Yields:
+        (connection, design, unit type, metric family, observed-until day).
+    """
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="duckdb-ab-") as spill:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
+            con.execute(f"SET temp_directory = '{spill}'")
+            con.execute("SET TimeZone = 'UTC'")
+            design, unit_type = create_units(con, store, end, cfg)
+            if cfg.cuped_pre_days:  # follow-ups stop at the pre-period's end: the window is treated
+                pre_end = start - dt.timedelta(days=1)
+                pre_start = start - dt.timedelta(days=cfg.cuped_pre_days)
+                build_unit_days(con, store, unit_type, pre_start, pre_end, cfg, pre_end, "pre_unit_days")
+                drop_intermediates(con)
+            observed = observed_until(store, end, cfg)
+            family = build_unit_days(con, store, unit_type, start, end, cfg, observed)
+            yield con, design, unit_type, family, observed
+        finally:
+            con.close()
 
 
 def _tally(
@@ -88,46 +147,111 @@ def _tally(
     bootstrap_metrics: tuple[str, ...],
     bootstrap_max_units: int,
 ) -> _Tallies:
-    """Build the unit-days of [start, end] in a spilling DuckDB and sum them per bucket, per day and per unit."""
-    import duckdb
-
-    with tempfile.TemporaryDirectory(prefix="duckdb-ab-") as spill:
-        con = duckdb.connect()
-        con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
-        con.execute(f"SET temp_directory = '{spill}'")
-        con.execute("SET TimeZone = 'UTC'")
-        design = build_unit_days(con, store, start, end, cfg)
-        window = _window_moments(con, start, end)
-        daily = daily_moments(con)
-        counts = dict(con.execute("SELECT bucket, count(DISTINCT unit) FROM unit_days GROUP BY bucket").fetchall())
+    """Build the unit-days of [start, end] and sum them per bucket, per day, per item and (bootstrap) per unit."""
+    with _built(store, start, end, cfg) as (con, design, unit_type, family, observed):
+        window, covariates = aggregates.window_moments(con, family, start, end, cfg.cuped_pre_days)
+        daily = aggregates.daily_moments(con, family)
+        assigned = aggregates.assigned_units(con, end)
+        items, curves = aggregates.item_followup(con)
         arrays = {}
-        if sum(counts.values()) <= bootstrap_max_units:
-            arrays = {name: unit_arrays(con, next(m for m in METRICS if m.name == name)) for name in bootstrap_metrics}
-        con.close()
-    return _Tallies(design, window, daily, counts, arrays)
+        chosen = tuple(m for m in family if m.name in bootstrap_metrics)
+        if chosen and sum(assigned.values()) <= bootstrap_max_units:
+            arrays = _bucket_arrays(aggregates.unit_table(con, chosen, start, end), chosen)
+        totals = aggregates.bucket_totals(con)
+    return _Tallies(design, unit_type, family, observed, window, covariates, daily, assigned, totals, items, curves,
+                    arrays)  # fmt: skip
 
 
-def _window_comparisons(
-    window: dict[str, dict[str, Moments]], arrays: dict[str, dict[str, tuple]], alpha: float
-) -> dict[str, dict]:
-    """metric -> treatment vs control over the window, with a bootstrap CI where unit arrays were read."""
+def unit_sums(store: Store, start: dt.date, end: dt.date, cfg: ReadoutConfig | None = None) -> pa.Table:
+    """Per assigned unit: bucket and each metric's window sums (and pre-period sums with CUPED).
+
+    For checks that need unit-level data (bootstrap, A/A by relabelling units); unit-sized, so keep it small.
+    """
+    cfg = cfg or ReadoutConfig()
+    with _built(store, start, end, cfg) as (con, _, _, family, _):
+        return aggregates.unit_table(con, family, start, end, cfg.cuped_pre_days)
+
+
+def _bucket_arrays(table: pa.Table, metrics: tuple[Metric, ...]) -> dict[str, dict[str, tuple]]:
+    """metric -> bucket -> (y, x) of the units with x > 0."""
+    rows = table.to_pylist()
+    out: dict[str, dict[str, tuple]] = {}
+    for m in metrics:
+        for bucket in BUCKETS:
+            pairs = [(r[f"{m.name}__y"], r[f"{m.name}__x"]) for r in rows if r["bucket"] == bucket]
+            kept = [(y, x) for y, x in pairs if x > 0]
+            out.setdefault(m.name, {})[bucket] = ([y for y, _ in kept], [x for _, x in kept])
+    return out
+
+
+def _window_comparisons(t: _Tallies, alpha: float) -> dict[str, dict]:
+    """metric -> treatment vs control over the window (CUPED-adjusted where covariates exist), bootstrap CI."""
     metrics = {}
-    for metric in METRICS:
-        result = compare(window["control"][metric.name], window["treatment"][metric.name], alpha).to_dict()
-        result |= {"side": metric.side, "description": metric.description}
-        if metric.name in arrays and {"control", "treatment"} <= set(arrays[metric.name]):
-            (yc, xc), (yt, xt) = arrays[metric.name]["control"], arrays[metric.name]["treatment"]
+    for metric in t.metrics:
+        name = metric.name
+        covs = [t.covariates.get(b, {}).get(name) for b in BUCKETS]
+        comparison, cuped = compare_with_cuped(t.window["control"][name], t.window["treatment"][name], *covs, alpha)
+        result = comparison.to_dict() | {"side": metric.side, "description": metric.description, "cuped": cuped}
+        result["denominators"] = {b: t.window[b][name].sx for b in BUCKETS}
+        arrays = t.arrays.get(name, {})
+        if all(len(arrays.get(b, ((), ()))[1]) for b in BUCKETS):
+            (yc, xc), (yt, xt) = arrays["control"], arrays["treatment"]
             result["bootstrap_diff_ci"] = bootstrap_diff_ci(yc, xc, yt, xt, alpha, n_resamples=500)
-        metrics[metric.name] = result
+        metrics[name] = result
     return metrics
 
 
-def _daily_comparisons(daily: dict[str, dict[str, dict[str, Moments]]], alpha: float) -> dict[str, dict]:
-    """day -> metric -> treatment vs control, for the days on which both buckets have unit-days."""
-    return {
-        day: {
-            m.name: compare(buckets["control"][m.name], buckets["treatment"][m.name], alpha).to_dict() for m in METRICS
-        }
+def _role(name: str, cfg: ReadoutConfig) -> str:
+    return "primary" if name in cfg.primary else "guardrail" if name in cfg.guardrails else "secondary"
+
+
+def _correct_window(metrics: dict[str, dict], cfg: ReadoutConfig) -> dict:
+    """Set each metric's role, family membership, adjusted p-value and significance; returns the family."""
+    for name, m in metrics.items():
+        m["role"] = _role(name, cfg)
+        m["in_family"] = cfg.family == "all" or m["role"] != "secondary"
+    family = [n for n, m in metrics.items() if m["in_family"] and math.isfinite(m["p_value"])]
+    adjusted = dict(zip(family, adjust([metrics[n]["p_value"] for n in family], cfg.correction), strict=True))
+    for name, m in metrics.items():
+        m["p_adjusted"] = float(adjusted.get(name, math.nan))
+        m["significant"] = bool(name in adjusted and adjusted[name] < cfg.alpha)
+    return {"method": cfg.correction, "alpha": cfg.alpha, "family": family,
+            "daily": cfg.correction if cfg.correct_daily else "descriptive"}  # fmt: skip
+
+
+def _daily_comparisons(
+    daily: dict[str, dict[str, dict[str, Moments]]], metrics: tuple[Metric, ...], cfg: ReadoutConfig
+) -> dict[str, dict]:
+    """day -> metric -> treatment vs control on days both buckets have unit-days; descriptive unless corrected."""
+    out = {
+        day: {m.name: compare(buckets["control"][m.name], buckets["treatment"][m.name], cfg.alpha).to_dict()
+              for m in metrics}
         for day, buckets in sorted(daily.items())
-        if {"control", "treatment"} <= set(buckets)
-    }
+        if set(BUCKETS) <= set(buckets)
+    }  # fmt: skip
+    tests = [r for day in out.values() for r in day.values()]
+    adjusted = adjust([r["p_value"] for r in tests], cfg.correction) if cfg.correct_daily else [math.nan] * len(tests)
+    for r, p in zip(tests, adjusted, strict=True):
+        r["p_adjusted"] = float(p) if cfg.correct_daily else None
+        r["significant"] = bool(p < cfg.alpha) if cfg.correct_daily else None
+        r["descriptive"] = not cfg.correct_daily
+    return out
+
+
+def _items(t: _Tallies, cfg: ReadoutConfig) -> dict[str, dict]:
+    """bucket -> new items published and matured per window, target reach, hot share, first exposure (KM)."""
+    out = {}
+    for bucket in BUCKETS:
+        counts = t.items.get(bucket, {})
+        reach, hot = t.window[bucket]["target_reach_24h"], t.window[bucket]["hot_share"]
+        times, events, censored = t.curves.get(bucket, ([], [], []))
+        out[bucket] = {
+            **counts,
+            "target_reached": int(reach.sy),
+            "target_reach_24h": reach.ratio,
+            "restricted_mean_hours": t.window[bucket]["hours_to_first_exposure"].ratio,
+            "hot_items": int(hot.sy),
+            "hot_share": hot.ratio,
+            "first_exposure": first_exposure(times, events, censored, cfg.first_exposure_cap_hours).to_dict(),
+        }
+    return out

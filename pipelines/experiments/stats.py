@@ -1,5 +1,8 @@
 """Statistics for ratio metrics of randomized experiments: delta method, bootstrap check, SRM.
 
+Multiple-testing correction is in :mod:`.correction`, CUPED in :mod:`.cuped`, censored time-to-event in
+:mod:`.survival`.
+
 A metric is a ratio of sums over randomization units, ``R = sum(Y) / sum(X)`` (e.g. clicks / impressions
 with the user as unit). Units are independent; the rows of one unit are not, which is why the variance is
 taken over units. With unit sums ``y_i, x_i`` the delta method gives (Deng et al., "Applying the Delta Method
@@ -64,20 +67,27 @@ class Comparison:
 
 def compare(control: Moments, treatment: Moments, alpha: float = 0.05) -> Comparison:
     """Absolute and relative difference with delta-method confidence intervals and a two-sided z-test."""
-    rc, rt = control.ratio, treatment.ratio
-    vc, vt = control.variance, treatment.variance
+    return compare_estimates(
+        control.ratio, control.variance, treatment.ratio, treatment.variance, control.n, treatment.n, alpha
+    )
+
+
+def compare_estimates(
+    rc: float, vc: float, rt: float, vt: float, n_control: float, n_treatment: float, alpha: float = 0.05
+) -> Comparison:
+    """Treatment vs control from each bucket's estimate and its variance (independent buckets)."""
     z = stats.norm.ppf(1 - alpha / 2)
     diff = rt - rc
     se = np.sqrt(vc + vt)
     rel = rt / rc - 1 if rc else float("nan")
     # Var(rt/rc) ≈ vt/rc² + rt² vc / rc⁴ (independent buckets).
     se_rel = np.sqrt(vt / rc**2 + rt**2 * vc / rc**4) if rc else float("nan")
-    if not np.isfinite(diff) or not np.isfinite(se):
-        p = float("nan")  # a bucket without any denominator: nothing to test
+    if not np.isfinite(diff) or not np.isfinite(se) or (se == 0 and diff == 0):
+        p = float("nan")  # a bucket without any denominator, or nothing varies: nothing to test
     elif se > 0:
         p = float(2 * stats.norm.sf(abs(diff) / se))
     else:
-        p = 1.0 if diff == 0 else 0.0
+        p = 0.0
     return Comparison(
         control=rc,
         treatment=rt,
@@ -87,8 +97,8 @@ def compare(control: Moments, treatment: Moments, alpha: float = 0.05) -> Compar
         rel_ci=(rel - z * se_rel, rel + z * se_rel),
         p_value=p,
         significant=bool(p < alpha),
-        n_control=control.n,
-        n_treatment=treatment.n,
+        n_control=n_control,
+        n_treatment=n_treatment,
     )
 
 
@@ -129,7 +139,7 @@ def bootstrap_diff_ci(
 
 @dataclass(frozen=True)
 class SampleRatioCheck:
-    """Chi-square test of the units per bucket against the designed split."""
+    """Chi-square test of the assigned units per bucket against the designed split."""
 
     counts: dict[str, int]
     expected_share: dict[str, float]
