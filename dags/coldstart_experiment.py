@@ -12,7 +12,7 @@ materialized so the next is scored on fresh features, and the readout of `coldst
 experiment period (HTML report under the experiment home).
 
 Params: `experiment_id`, `design`, `treatment_share`, `pre_days`, `days`, `users`, `seed`, `impressions_per_day`,
-`candidates`, `cuped`, `model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
+`candidates`, `recall`, `cuped`, `model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def _describe(name: str) -> str:
         "impressions_per_day": Param(None, type=["null", "integer"], minimum=1, description="Traffic override."),
         "candidates": Param(
             default(ClosedLoopConfig, "candidates"), type="integer", minimum=1, description=_describe("candidates")
+        ),
+        "recall": Param(
+            default(ClosedLoopConfig, "recall"), enum=["popularity", "boost", "random"], description=_describe("recall")
         ),
         "cuped": Param(default(ClosedLoopConfig, "cuped"), type="boolean", description=_describe("cuped")),
         "model": Param(default(ClosedLoopConfig, "model"), type="string"),

@@ -13,8 +13,8 @@ MLflow registry, so an experiment never overwrites the platform's own datasets o
    and materialized, so the next day is scored on fresh features.
 4. **Readout** of the experiment period (``coldstart_ab_metrics``' readout), report under the experiment home.
 
-Recall is the same for both arms (the simulator's channel mix of the ``popularity`` policy, ``candidates`` per
-request); only what the platform does with the candidates differs.
+Recall is the same for both arms (the simulator's channel mix ``recall``, ``candidates`` per request); only what
+the platform does with the candidates differs.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ class ClosedLoopConfig(BaseModel):
     seed: int = 7
     impressions_per_day: int | None = Field(None, ge=1)
     candidates: int = Field(30, ge=1, description="Recall candidates per request the feed picks the slate from.")
+    recall: Literal["popularity", "boost", "random"] = Field(
+        "boost",
+        description="The simulator's channel mix that recalls candidates for both arms (`boost`: a fifth "
+        "from the new-item channel, so a new item is a candidate often enough for a policy to be able to pace it).",
+    )
     cuped: bool = Field(True, description="CUPED in the readout, with the pre-period as covariate days.")
     model: str = "esmm"
     train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
@@ -134,8 +139,8 @@ def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
     home.ensure_home()
     shutil.rmtree(home.home / "nearline", ignore_errors=True)  # a re-run starts the near-line state afresh
     sim_cfg = SimulatorConfig(
-        days=cfg.pre_days + cfg.days, users=cfg.users, seed=cfg.seed, design=cfg.design, policy="popularity",
-        treatment_policy="popularity", treatment_share=cfg.treatment_share, experiment_id=cfg.experiment_id,
+        days=cfg.pre_days + cfg.days, users=cfg.users, seed=cfg.seed, design=cfg.design, policy=cfg.recall,
+        treatment_policy=cfg.recall, treatment_share=cfg.treatment_share, experiment_id=cfg.experiment_id,
         impressions_per_day=cfg.impressions_per_day, candidates_per_request=cfg.candidates,
     )  # fmt: skip
     store = Store(home.data_dir, cfg.dataset)
