@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.platform.client import CHAIN, AirflowClient
+from pipelines.platform.client import CHAIN, AirflowClient, now
 from pipelines.platform.launcher import ADMIN_USER, admin_password, airflow_url, down, up
 from pipelines.serving.bento import free_port
 from pipelines.settings import Settings, get_settings
@@ -62,6 +62,22 @@ def chain_conf(days: list[dt.date], **chain) -> dict:
 
 def states(runs: dict[str, list[dict]]) -> dict[str, list[str]]:
     return {dag: [r["state"] for r in rs] for dag, rs in runs.items()}
+
+
+def run_chain(platform: Platform, timeout: float) -> dict[str, list[dict]]:
+    """Trigger the whole Asset chain over the platform's days and return each DAG's runs once it is quiet.
+
+    A module's ``chain`` fixture calls it once, so that every test that needs what the chain leaves behind
+    (validated days, features, a staged champion) declares it instead of relying on the tests before it.
+    """
+    since = now()
+    platform.client.trigger("validate_logs", chain_conf(platform.days))
+    return platform.client.follow(CHAIN, since, expect=CHAIN, timeout=timeout)
+
+
+def failures(client: AirflowClient, runs: dict[str, list[dict]]) -> dict[str, str]:
+    """Why each run that did not succeed failed (an assertion message)."""
+    return {dag: client.failure(r) for dag, rs in runs.items() for r in rs if r["state"] != "success"}
 
 
 def local_state(settings: Settings) -> dict:

@@ -1,7 +1,8 @@
 """The platform as users run it (local profile): `coldstart platform up`, the real scheduler, the REST API.
 
-One platform serves the module, and the tests build on each other in order: the Asset chain, a re-run of the
-same days, a killed training task, a blocked gate.
+One platform serves the module. The Asset chain runs once over its days (the ``chain`` fixture), and every test
+that needs its outputs (validated days, features, a staged champion) asks for it, so that any subset of the tests
+runs on its own: a re-run of the same days, a killed training task, a blocked gate, a failed smoke test.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pipelines.platform.client import CHAIN, now
 from pipelines.serving.bento import serve, stop
 from pipelines.serving.promote import staging_record
 
-from .conftest import TEST_CHAIN, Platform, chain_conf, local_state, states
+from .conftest import TEST_CHAIN, Platform, chain_conf, failures, local_state, run_chain, states
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,12 @@ def _alias(platform: Platform, alias: str) -> str:
 
     mlflow.set_tracking_uri(platform.settings.mlflow_tracking_uri)
     return str(mlflow.MlflowClient().get_model_version_by_alias("coldstart_esmm", alias).version)
+
+
+@pytest.fixture(scope="module")
+def chain(local_platform: Platform) -> dict[str, list[dict]]:
+    """The runs of the whole Asset chain over the platform's days, triggered once for the module."""
+    return run_chain(local_platform, timeout=1200)
 
 
 def test_status_reports_every_component_on_loopback(local_platform: Platform) -> None:
@@ -53,17 +60,13 @@ def test_status_reports_every_component_on_loopback(local_platform: Platform) ->
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
 
 
-def test_the_asset_chain_runs_under_the_scheduler(local_platform: Platform) -> None:
+def test_the_asset_chain_runs_under_the_scheduler(local_platform: Platform, chain: dict[str, list[dict]]) -> None:
     client, settings, days = local_platform.client, local_platform.settings, local_platform.days
-    since = now()
-    client.trigger("validate_logs", chain_conf(days))
-    runs = client.follow(CHAIN, since, expect=CHAIN, timeout=1200)
-    assert states(runs) == {dag: ["success"] for dag in CHAIN}, {d: client.failure(r) for d, rs in runs.items()
-                                                                for r in rs if r["state"] != "success"}  # fmt: skip
-    assert [runs[dag][0]["run_type"] for dag in CHAIN] == ["manual"] + ["asset_triggered"] * 4
+    assert states(chain) == {dag: ["success"] for dag in CHAIN}, failures(client, chain)
+    assert [chain[dag][0]["run_type"] for dag in CHAIN] == ["manual"] + ["asset_triggered"] * 4
     # Every day the trigger named went through validation and features, not only the last.
     for day in days:
-        assert (settings.home / "reports" / "validation" / "sim" / f"{day}.json").is_file()
+        assert (settings.reports_dir / "validation" / "sim" / f"{day}.json").is_file()
         assert (settings.home / "features" / "sim" / "item_stats" / f"{day}.parquet").is_file()
     # Trained on the days before the last (chain override: esmm only), evaluated on the last, promoted.
     record = staging_record(settings, "esmm")
@@ -81,8 +84,9 @@ def test_the_asset_chain_runs_under_the_scheduler(local_platform: Platform) -> N
     assert len(answer.json()["items"]) == 3
 
 
-def test_rerunning_finished_days_changes_nothing(local_platform: Platform) -> None:
+def test_rerunning_finished_days_changes_nothing(local_platform: Platform, chain: dict[str, list[dict]]) -> None:
     client, settings = local_platform.client, local_platform.settings
+    assert states(chain) == {dag: ["success"] for dag in CHAIN}, failures(client, chain)
     before = local_state(settings)
     since = now()
     client.trigger("validate_logs", chain_conf(local_platform.days))
@@ -93,8 +97,12 @@ def test_rerunning_finished_days_changes_nothing(local_platform: Platform) -> No
                              if before.get(k) != after.get(k)}  # fmt: skip
 
 
-def test_a_killed_training_task_is_retried_and_the_chain_completes(local_platform: Platform) -> None:
+def test_a_killed_training_task_is_retried_and_the_chain_completes(
+    local_platform: Platform, chain: dict[str, list[dict]]
+) -> None:
     client, settings = local_platform.client, local_platform.settings
+    # Training reads the features the chain computed over the days, and evaluation compares with its champion.
+    assert states(chain) == {dag: ["success"] for dag in CHAIN}, failures(client, chain)
     checkpoints = settings.home / "checkpoints"
     since = now()
     # The chain's own config, trained again: after the kill it resumes from its checkpoint to the same weights.
@@ -118,9 +126,10 @@ def test_a_killed_training_task_is_retried_and_the_chain_completes(local_platfor
     assert staging_record(settings, "esmm")["version"] == _alias(local_platform, "candidate")
 
 
-def test_a_blocked_gate_stops_promotion_and_says_why(local_platform: Platform) -> None:
+def test_a_blocked_gate_stops_promotion_and_says_why(local_platform: Platform, chain: dict[str, list[dict]]) -> None:
     client, settings = local_platform.client, local_platform.settings
     staging = staging_record(settings, "esmm")
+    assert staging, failures(client, chain)  # the chain staged a champion
     since = now()
     # A model that barely moved from its random start: far worse than the champion.
     conf = {"models": ["esmm"], "epochs": 1, "lr": 1e-7, "date": local_platform.days[-1].isoformat(),
@@ -140,7 +149,9 @@ def test_a_blocked_gate_stops_promotion_and_says_why(local_platform: Platform) -
     assert staging_record(settings, "esmm") == staging and _alias(local_platform, "staging") == staging["version"]
 
 
-def test_a_failed_smoke_test_leaves_staging_alone(local_platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_smoke_test_leaves_staging_alone(
+    local_platform: Platform, chain: dict[str, list[dict]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     from pipelines.serving.promote import PromotionError, promote
@@ -148,6 +159,7 @@ def test_a_failed_smoke_test_leaves_staging_alone(local_platform: Platform, monk
 
     settings, days = local_platform.settings, local_platform.days
     record = staging_record(settings, "esmm")
+    assert record, failures(local_platform.client, chain)  # the chain staged a champion
     for key, value in local_platform.env.items():
         monkeypatch.setenv(key, value)
     newer = train_for_run("esmm", "sim", days[0], days[1], {}, {"epochs": 1}, reuse=False)["version"]
