@@ -151,7 +151,7 @@ def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
     loop.timings["simulate_and_serve_s"] = time.perf_counter() - started - sum(loop.timings.values())
     result = loop.read_out()
     return {"experiment_id": cfg.experiment_id, "home": str(home.home), "impressions": summary.impressions,
-            "staged": loop.staged, "timings": loop.timings, "target_reach": loop.target_reach(), **result}  # fmt: skip
+            "staged": loop.staged, "timings": loop.timings, **result}  # fmt: skip
 
 
 class _Loop:
@@ -249,12 +249,14 @@ class _Loop:
                                     high_exposure_threshold=int(exposure.max_target),
                                     cuped_pre_days=self.cfg.pre_days if self.cfg.cuped else 0)  # fmt: skip
         result = readout(self.store, start, end, readout_cfg, self.cfg.treatment_share)
+        result["paced_targets"] = self.target_reach()
         out_dir = self.settings.reports_dir / "ab" / self.cfg.dataset / self.cfg.experiment_id / f"{start}_{end}"
         paths = write_report(result, out_dir)
         keys = ("control", "treatment", "rel_diff", "rel_ci", "p_value")
         names = ("ctr", "target_reach_24h", "publish_penetration")
         headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
-        return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline}
+        return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline,
+                "target_reach": result["paced_targets"]}  # fmt: skip
 
     def target_reach(self) -> dict:
         """Per author group: new items of the experiment period whose 24 h window the logs cover (judged), the

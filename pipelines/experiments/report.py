@@ -118,6 +118,22 @@ def _questions(result: dict) -> str:
     return f"<div class='warn'><b>Design: {html.escape(result['design'])}</b><dl>{items}</dl></div>"
 
 
+def _paced(result: dict) -> str:
+    """A closed-loop run's per-group reach of each item's own (differentiated) target, when the run gives one."""
+    groups = result.get("paced_targets")
+    if not groups:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{r['judged']}</td><td><b>{_share(r['reached'])}</b></td>"
+                   f"<td>{_fmt(r['over_exposure'])}</td><td>{r['without_target']}</td></tr>"
+                   for g, r in groups.items())  # fmt: skip
+    return f"""<h2>Differentiated 24 h targets per group (closed loop)</h2>
+<p>Each new item's target as the near-line state set it (quality and author percentiles); judged: items of the
+window whose 24 h the logs cover; reached: exposures in the first 24 h at or above the target; over-exposure:
+mean of max(0, exposures − target) / target.</p>
+<table><tr><th>group</th><th>judged</th><th>reached</th><th>over-exposure</th><th>without a target</th></tr>
+{rows}</table>"""
+
+
 def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
     """Write ``readout.json``, ``lift.png`` and ``report.html`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +172,7 @@ mean, censored in the Kaplan-Meier figures (all items, descriptive).</p>
 <th>matured (cap)</th><th>never exposed (matured)</th><th>restricted mean h</th><th>KM median h</th>
 <th>KM restricted mean h</th><th>KM unexposed at cap</th><th>never exposed (censored)</th><th>matured (hot)</th>
 <th>hot</th><th>hot share</th><th>matured (new window)</th></tr>{_item_rows(result)}</table>
+{_paced(result)}
 <h2>Daily lift: {daily}</h2>
 <img alt="daily lift per metric" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 </body></html>"""

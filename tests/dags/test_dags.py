@@ -198,7 +198,10 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert states == {"run": "success"}
     exp = home / "experiments" / "exp_tiny"
-    assert (exp / "reports" / "ab" / "closed_loop" / "exp_tiny" / "2026-01-05_2026-01-06" / "report.html").is_file()
+    report = (exp / "reports" / "ab" / "closed_loop" / "exp_tiny" / "2026-01-05_2026-01-06" / "report.html").read_text()
+    # the report: per-group reach of each item's own target, and the design's interference questions answered
+    assert "Differentiated 24 h targets per group" in report and "<td>treatment</td>" in report
+    assert "Design: author_split" in report
     root = exp / "data" / "closed_loop" / "raw"
     first_day_exposures = duckdb.sql(f"""
         WITH p AS (SELECT item_id, author_id, publish_time FROM read_parquet('{root}/publishes/*/*.parquet')

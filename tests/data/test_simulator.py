@@ -64,6 +64,13 @@ class _RecordingFeed:
         self.calls.append((candidates, shown))
         return shown
 
+    def published(self, publishes):
+        self.inner.published(publishes)
+
+    def logged(self, impressions):
+        self.logged_rows = getattr(self, "logged_rows", 0) + impressions.num_rows
+        self.inner.logged(impressions)
+
 
 def test_the_feed_only_reorders_candidates_and_the_log_shows_its_order(tmp_path: Path) -> None:
     _, cfg, _ = run_sim(tmp_path / "plain", days=1, users=500)
@@ -81,6 +88,7 @@ def test_the_feed_only_reorders_candidates_and_the_log_shows_its_order(tmp_path:
     logged = frame(recorded, "impressions")
     shown_items = np.concatenate([shown.items.ravel() for _, shown in sim.feed.calls])
     assert (logged["item_id"].to_numpy() == shown_items).all()
+    assert sim.feed.logged_rows == len(logged)  # the feed was handed every logged impression
 
 
 def test_rerun_with_fewer_days_removes_stale_partitions(tmp_path: Path) -> None:
