@@ -43,6 +43,7 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
         wall = time.perf_counter() - started
     ctr = out["headline"].get("ctr", {})
     return {"case": case, "seed": seed, "impressions": out["impressions"], "wall_s": wall, "timings": out["timings"],
+            "experiment_days_s": out["experiment_days_s"],
             "target_reach": out["target_reach"], "ctr": ctr, "staged": out["staged"]}  # fmt: skip
 
 
@@ -68,6 +69,12 @@ def main() -> None:
             print(f"| {run['case']} | {run['seed']} | {arm} | {reach['judged']} | {reach['reached']:.3f} | "
                   f"{reach['over_exposure']:.2f} | {ctr.get('rel_diff', float('nan')):+.2%} "
                   f"[{ci[0]:+.2%}, {ci[1]:+.2%}] | {run['timings']['simulate_and_serve_s']:.0f} |")  # fmt: skip
+    for run in runs:
+        days = ", ".join(f"{s:.0f}" for s in run["experiment_days_s"])
+        print(
+            f"{run['case']} seed {run['seed']}: experiment days {days} s (traffic served by the platform feed, then"
+            f" validate, featurize, materialize); {run['impressions']:,} impressions in all"
+        )
     for case in opts.cases:
         treated = [r["target_reach"].get("treatment", {}).get("reached") for r in runs if r["case"] == case]
         treated = [t for t in treated if t is not None]

@@ -151,7 +151,8 @@ def run_closed_loop(settings: Settings, cfg: ClosedLoopConfig) -> dict:
     loop.timings["simulate_and_serve_s"] = time.perf_counter() - started - sum(loop.timings.values())
     result = loop.read_out()
     return {"experiment_id": cfg.experiment_id, "home": str(home.home), "impressions": summary.impressions,
-            "staged": loop.staged, "timings": loop.timings, **result}  # fmt: skip
+            "staged": loop.staged, "timings": loop.timings, "experiment_days_s": loop.experiment_days_s,
+            **result}  # fmt: skip
 
 
 class _Loop:
@@ -166,6 +167,10 @@ class _Loop:
         self.feast = None
         self.staged: dict = {}
         self.timings: dict[str, float] = {"platform_s": 0.0, "stage_s": 0.0}
+        # Wall seconds of each experiment day: its traffic served by the platform feed, then validate, featurize
+        # and materialize (what a closed-loop day costs; staging is not part of any day).
+        self.experiment_days_s: list[float] = []
+        self._day_started = time.perf_counter()
 
     def after_day(self, day: dt.date) -> None:
         from pipelines.features.compute import compute_features
@@ -179,10 +184,13 @@ class _Loop:
         if self.feast is not None:
             materialize_day(self.feast, self.layout, day)
         self.timings["platform_s"] += time.perf_counter() - started
+        if len(self.days) > self.cfg.pre_days:
+            self.experiment_days_s.append(time.perf_counter() - self._day_started)
         if len(self.days) == self.cfg.pre_days:
             started = time.perf_counter()
             self.stage()
             self.timings["stage_s"] += time.perf_counter() - started
+        self._day_started = time.perf_counter()
 
     def stage(self) -> None:
         """Apply and load the feature store, train and gate the ranker, and put the platform feed in place."""
