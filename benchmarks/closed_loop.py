@@ -34,7 +34,7 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
     from pipelines.experiments.closed_loop import ClosedLoopConfig, run_closed_loop
     from pipelines.settings import get_settings
 
-    cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design="author_split", users=opts.users, seed=seed,
+    cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design=opts.design, users=opts.users, seed=seed,
                            pre_days=opts.pre_days, days=opts.days, impressions_per_day=opts.impressions_per_day,
                            **CASES[case])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="closed-loop-") as home:
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[101, 202, 303])
+    parser.add_argument("--design", default="author_split", choices=["author_split", "user_split"])
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--pre-days", type=int, default=4)
     parser.add_argument("--days", type=int, default=3)
