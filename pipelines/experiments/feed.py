@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.data.sim_feed import Requests, Slates
-from pipelines.serving.exposure import HOUR, paced_boost, schedule_deficit, to_seconds
+from pipelines.serving.nearline import snapshot_boost
 from pipelines.serving.policies import PolicyConfig, apply_policies, fuse
 
 CHUNK = 65_536  # rows per forward pass
@@ -54,10 +54,7 @@ class HourlyController:
         rows = np.fromiter((self._index.get(int(i), -1) for i in item_ids), np.int64, len(item_ids))
         if (rows < 0).any():
             raise KeyError("boost asked for an item outside the refreshed hour")
-        snap = {k: v[rows] for k, v in self._snap.items()}
-        age = (to_seconds(now) - snap["published"]) / HOUR
-        deficit = schedule_deficit(snap["target"], snap["exposures"], age, self.cfg)
-        return paced_boost(snap["log_gain"], deficit, age, snap["exposures"], snap["target"], self.cfg)
+        return snapshot_boost({k: v[rows] for k, v in self._snap.items()}, now, self.cfg)
 
 
 class PlatformFeed:
@@ -207,13 +204,9 @@ class PlatformFeed:
     def user_features(self, user_ids: np.ndarray) -> pd.DataFrame:
         """One row per user, in order, from one online lookup; unknown users get ``is_new_user`` = 1 (the
         ranker's new-user path, as :meth:`RankerCore.rank` takes it)."""
-        store = self.features.store
-        rows = [{"user_id": int(u)} for u in user_ids]
-        values = store.get_online_features(features=self.features.user_features, entity_rows=rows).to_dict()
-        frame = pd.DataFrame(values)
+        frame, known = self.features.users(user_ids.tolist())
         frame["user_id"] = user_ids.astype(np.int64)
-        scalar = [c for c in frame.columns if c not in ("user_id", "recent_item_ids", "recent_categories")]
-        known = frame[scalar].notna().any(axis=1).to_numpy() if scalar else np.zeros(len(frame), bool)
+        known = np.asarray(known, bool)
         if "is_new_user" in frame:
             frame["is_new_user"] = np.where(known, frame["is_new_user"].astype(object), 1)
         else:

@@ -93,12 +93,7 @@ def serve_environ(settings: Settings, bento: str) -> dict[str, str]:
     """Environment of ``bentoml serve <bento>``: the service module reads its model tag from
     ``COLDSTART_BENTO_MODEL`` when it is imported, at build time and again when served, so serving pins it to the
     model the bento was built with (an inherited value would load another model)."""
-    import yaml
-
-    name, _, version = bento.partition(":")
-    path = settings.home / "bentoml" / "bentos" / name / version / "bento.yaml"
-    info = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    tags = [m["tag"] for svc in info.get("services") or [] for m in svc.get("models") or []]
+    tags = [m["tag"] for svc in _services(settings, bento) for m in svc.get("models") or []]
     env = {**os.environ, **bentoml_environ(settings)}
     if tags:
         env["COLDSTART_BENTO_MODEL"] = tags[0]
@@ -113,7 +108,7 @@ def serve(settings: Settings, bento: str, port: int | None = None, token: str | 
     port = port or free_port()
     env = {**serve_environ(settings, bento), "COLDSTART_API_TOKEN": token or ""}
     if workers > 1:  # BentoML 1.4's new-style services ignore --api-workers: workers are a service setting
-        names = _service_names(settings, bento)
+        names = [svc["name"] for svc in _services(settings, bento) if svc.get("name")]
         env["BENTOML_CONFIG_OPTIONS"] = " ".join(f"services.{name}.workers={workers}" for name in names)
     log = settings.home / "logs" / f"bento-{bento.replace(':', '-')}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -138,14 +133,14 @@ def serve(settings: Settings, bento: str, port: int | None = None, token: str | 
     raise BentoError(f"bentoml serve {bento} not ready after {timeout} s: {log.read_text()[-3000:]}")
 
 
-def _service_names(settings: Settings, bento: str) -> list[str]:
-    """The names of the services in a built bento (from its ``bento.yaml``)."""
+def _services(settings: Settings, bento: str) -> list[dict]:
+    """The services of a built bento as its ``bento.yaml`` lists them (name, models); none if it is not built."""
     import yaml
 
     name, _, version = bento.partition(":")
     path = settings.home / "bentoml" / "bentos" / name / version / "bento.yaml"
     info = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return [svc["name"] for svc in info.get("services") or [] if svc.get("name")]
+    return info.get("services") or []
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -18,6 +18,8 @@ import pandas as pd
 from pipelines.settings import Settings
 
 USER_VIEWS = ("user_profile_fv", "user_activity_fv", "user_recent_fv")
+# A user is known when any of these is present (a list feature comes back empty, not null, for an unknown user).
+_LIST_FEATURES = ("recent_item_ids", "recent_categories")
 ITEM_VIEWS = ("item_stats_fv", "item_content_fv")
 
 
@@ -43,8 +45,17 @@ class FeastFeatures:
         """The user's features and whether the store knows the user."""
         response = self.store.get_online_features(features=self.user_features, entity_rows=[{"user_id": user_id}])
         row = {k: v[0] for k, v in response.to_dict().items() if k != "user_id"}
-        known = any(v is not None for k, v in row.items() if k not in ("recent_item_ids", "recent_categories"))
+        known = any(v is not None for k, v in row.items() if k not in _LIST_FEATURES)
         return row, known
+
+    def users(self, user_ids: list[int]) -> tuple[pd.DataFrame, list[bool]]:
+        """Features of many users in one lookup (one row each, in order) and whether the store knows each, by the
+        rule of :meth:`user`."""
+        rows = [{"user_id": int(u)} for u in user_ids]
+        frame = pd.DataFrame(self.store.get_online_features(features=self.user_features, entity_rows=rows).to_dict())
+        scalar = [c for c in frame.columns if c != "user_id" and c not in _LIST_FEATURES]
+        known = frame[scalar].notna().any(axis=1).tolist() if scalar else [False] * len(frame)
+        return frame, known
 
     def items(self, item_ids: list[int]) -> pd.DataFrame:
         """One row per id (in order) with item, content and author features and ``publish_time``."""

@@ -209,6 +209,14 @@ class NearlineState:
         self.backend.set_meta(WATERMARK, to_seconds(now))
 
 
+def snapshot_boost(snap: Mapping[str, np.ndarray], now: float | dt.datetime, cfg: ExposureConfig) -> np.ndarray:
+    """The serving side of the law on a state snapshot: the gain as last ticked times the proportional term on the
+    deficit at ``now`` (1 for items the snapshot does not know)."""
+    age = (to_seconds(now) - snap["published"]) / HOUR
+    deficit = schedule_deficit(snap["target"], snap["exposures"], age, cfg)
+    return paced_boost(snap["log_gain"], deficit, age, snap["exposures"], snap["target"], cfg)
+
+
 class SharedExposureController:
     """The serving side of the near-line controller: boosts from the shared state, never a write.
 
@@ -222,17 +230,11 @@ class SharedExposureController:
         self.nearline = nearline
         self.cfg: ExposureConfig = cfg if cfg is not None else nearline.cfg
 
-    def _read(self, item_ids: Sequence[Hashable], now: float | dt.datetime) -> tuple[dict, np.ndarray, np.ndarray]:
-        snap = self.nearline.snapshot(np.asarray(item_ids, np.int64))
-        age = (to_seconds(now) - snap["published"]) / HOUR
-        return snap, age, schedule_deficit(snap["target"], snap["exposures"], age, self.cfg)
-
     def boost(self, item_ids: Sequence[Hashable], now: float | dt.datetime) -> np.ndarray:
         """Multipliers [n]: the gain as last ticked times the proportional term on the deficit at ``now``."""
         if not len(item_ids):
             return np.ones(0)
-        snap, age, deficit = self._read(item_ids, now)
-        return paced_boost(snap["log_gain"], deficit, age, snap["exposures"], snap["target"], self.cfg)
+        return snapshot_boost(self.nearline.snapshot(np.asarray(item_ids, np.int64)), now, self.cfg)
 
     def state(self, item_ids: Sequence[Hashable]) -> dict[str, np.ndarray]:
         """Targets, exposures so far and gains as last ticked of the given ids (NaN for unknown ids)."""
