@@ -36,6 +36,7 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
 
     cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design=opts.design, users=opts.users, seed=seed,
                            pre_days=opts.pre_days, days=opts.days, impressions_per_day=opts.impressions_per_day,
+                           **({"treatment_share": opts.treatment_share} if opts.treatment_share else {}),
                            **CASES[case])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="closed-loop-") as home:
         started = time.perf_counter()
@@ -44,14 +45,23 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
     ctr = out["headline"].get("ctr", {})
     return {"case": case, "seed": seed, "impressions": out["impressions"], "wall_s": wall, "timings": out["timings"],
             "experiment_days_s": out["experiment_days_s"],
-            "target_reach": out["target_reach"], "ctr": ctr, "staged": out["staged"]}  # fmt: skip
+            "target_reach": out["target_reach"], "new_item_share": out["new_item_share"], "ctr": ctr,
+            "staged": out["staged"]}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[101, 202, 303])
-    parser.add_argument("--design", default="author_split", choices=["author_split", "user_split"])
+    parser.add_argument(
+        "--design", default="author_split", choices=["author_split", "user_split", "balanced_author_split"]
+    )
+    parser.add_argument(
+        "--treatment-share",
+        type=float,
+        default=None,
+        help="Treatment's share (a balanced author split: each of control and treatment).",
+    )
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--pre-days", type=int, default=4)
     parser.add_argument("--days", type=int, default=3)
@@ -70,6 +80,9 @@ def main() -> None:
             print(f"| {run['case']} | {run['seed']} | {arm} | {reach['judged']} | {reach['reached']:.3f} | "
                   f"{reach['over_exposure']:.2f} | {ctr.get('rel_diff', float('nan')):+.2%} "
                   f"[{ci[0]:+.2%}, {ci[1]:+.2%}] | {run['timings']['simulate_and_serve_s']:.0f} |")  # fmt: skip
+    for run in runs:
+        shares = ", ".join(f"{arm} {share:.2%}" for arm, share in run["new_item_share"].items())
+        print(f"{run['case']} seed {run['seed']}: new-item share of the impressions credited to each group: {shares}")
     for run in runs:
         days = ", ".join(f"{s:.0f}" for s in run["experiment_days_s"])
         print(

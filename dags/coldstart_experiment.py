@@ -39,7 +39,11 @@ def _describe(name: str) -> str:
     default_args=default_args(),
     params={
         "experiment_id": Param(default(ClosedLoopConfig, "experiment_id"), type="string", pattern="^[a-z0-9_]+$"),
-        "design": Param(default(ClosedLoopConfig, "design"), enum=["user_split", "author_split"]),
+        "design": Param(
+            default(ClosedLoopConfig, "design"),
+            enum=["user_split", "author_split", "balanced_author_split"],
+            description=_describe("design"),
+        ),
         "treatment_share": Param(
             default(ClosedLoopConfig, "treatment_share"), type="number", exclusiveMinimum=0, exclusiveMaximum=1
         ),

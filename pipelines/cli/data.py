@@ -19,7 +19,9 @@ def simulate(
     start_date: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day.")] = dt.datetime(2026, 1, 1),
     impressions_per_day: Annotated[int | None, typer.Option(min=1, help="Traffic volume override.")] = None,
     policy: Annotated[str, typer.Option(help="Control exposure policy: popularity, random or boost.")] = "popularity",
-    design: Annotated[str, typer.Option(help="Experiment design: none, user_split or author_split.")] = "user_split",
+    design: Annotated[
+        str, typer.Option(help="Experiment design: none, user_split, author_split or balanced_author_split.")
+    ] = "user_split",
     dataset: Annotated[str, typer.Option(help="Dataset name under COLDSTART_HOME/data.")] = "sim",
 ) -> None:
     """Simulate a content platform and write its event logs (and hidden truth) through the contract."""

@@ -16,7 +16,11 @@ from pipelines.orchestration import default
 @_clear_errors
 def experiment(
     experiment_id: Annotated[str, typer.Option()] = default(ClosedLoopConfig, "experiment_id"),
-    design: Annotated[str, typer.Option(help="user_split or author_split.")] = default(ClosedLoopConfig, "design"),
+    design: Annotated[
+        str,
+        typer.Option(help="user_split, author_split or balanced_author_split (with --treatment-share 0.25: 25/50/25)."),
+    ] = default(ClosedLoopConfig, "design"),
+    treatment_share: Annotated[float, typer.Option(min=0, max=1)] = default(ClosedLoopConfig, "treatment_share"),
     pre_days: Annotated[int, typer.Option(min=3)] = default(ClosedLoopConfig, "pre_days"),
     days: Annotated[int, typer.Option(min=1)] = default(ClosedLoopConfig, "days"),
     users: Annotated[int, typer.Option(min=100)] = default(ClosedLoopConfig, "users"),
@@ -27,8 +31,9 @@ def experiment(
     platform's own ranker and policies (control vs treatment), and read it out."""
     from pipelines.experiments.closed_loop import run_closed_loop
 
-    cfg = ClosedLoopConfig(**{"experiment_id": experiment_id, "design": design, "pre_days": pre_days, "days": days,
-                              "users": users, "seed": seed, **json.loads(config)})  # fmt: skip
+    cfg = ClosedLoopConfig(**{"experiment_id": experiment_id, "design": design, "treatment_share": treatment_share,
+                              "pre_days": pre_days, "days": days, "users": users, "seed": seed,
+                              **json.loads(config)})  # fmt: skip
     out = run_closed_loop(_settings(), cfg)
     rows = {"impressions": out["impressions"], "staged": f"{out['staged']['model']} v{out['staged']['version']}",
             "window": " .. ".join(out["window"])}  # fmt: skip

@@ -11,7 +11,8 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 RECALL_CHANNELS = ("popular", "interest", "new_item", "random")
-BUCKETS = ("control", "treatment")
+# "holdout": a balanced author split's authors outside both compared groups (served as control, not compared).
+BUCKETS = ("control", "treatment", "holdout")
 
 
 class ContractError(ValueError):

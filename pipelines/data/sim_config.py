@@ -22,7 +22,8 @@ HOUR_US = 3600 * US_PER_SECOND
 DAY_US = 86_400 * US_PER_SECOND
 
 Policy = Literal["popularity", "random", "boost"]
-Design = Literal["none", "user_split", "author_split"]
+Design = Literal["none", "user_split", "author_split", "balanced_author_split"]
+AUTHOR_DESIGNS = ("author_split", "balanced_author_split")
 
 
 class SimulatorConfig(BaseModel):
@@ -92,6 +93,18 @@ class SimulatorConfig(BaseModel):
             mix = self.channel_mix.get(name)
             if mix is None or len(mix) != len(RECALL_CHANNELS) or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
                 raise ValueError(f"channel_mix[{name!r}] must be {len(RECALL_CHANNELS)} shares summing to 1")
+        return self
+
+    @model_validator(mode="after")
+    def _check_balanced(self) -> SimulatorConfig:
+        if self.design == "balanced_author_split":
+            if self.treatment_share > 0.5:
+                raise ValueError("a balanced author split has control and treatment groups of treatment_share "
+                                 "each (the rest held out): treatment_share must be at most 0.5")  # fmt: skip
+            if self.policy != self.treatment_policy:
+                raise ValueError("a balanced author split fixes each group's new-item share, which a channel-mix "
+                                 "treatment changes: run it as a closed-loop experiment (`coldstart experiment`), "
+                                 "where the platform feed holds the shares")  # fmt: skip
         return self
 
     @model_validator(mode="after")

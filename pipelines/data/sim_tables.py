@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.data.contract import ASSIGNMENTS, BUCKETS, RECALL_CHANNELS, write_file
-from pipelines.data.sim_config import CATEGORIES, DEVICES, OCCUPATIONS
+from pipelines.data.sim_config import AUTHOR_DESIGNS, CATEGORIES, DEVICES, OCCUPATIONS
 from pipelines.data.sim_feed import Requests, Slates
 from pipelines.data.sim_world import Responses, World
 
@@ -23,7 +23,7 @@ def impression_tables(
     slot_user = np.repeat(requests.user, slate)
     if cfg.design == "user_split":
         bucket = world.u_bucket.view[slot_user]
-    elif cfg.design == "author_split":
+    elif cfg.design in AUTHOR_DESIGNS:
         bucket = world.a_bucket.view[world.i_author.view[items]]
     else:
         bucket = np.zeros(len(items), dtype=np.int8)
@@ -167,7 +167,7 @@ def write_entity_truth(world: World, truth_dir: Path) -> None:
                 "exposures": world.i_exposures.view,
                 "clicks": world.i_clicks.view,
                 "early_exposures": world.i_early.view,
-                "author_treatment": world.a_bucket.view[world.i_author.view].astype(bool),
+                "author_treatment": world.a_bucket.view[world.i_author.view] == 1,
             }
         ),
     )

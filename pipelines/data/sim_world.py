@@ -40,6 +40,15 @@ def sample_weighted(rng: np.random.Generator, weights: np.ndarray, n: int) -> np
     return np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right").clip(0, len(weights) - 1)
 
 
+def author_buckets(u: np.ndarray, cfg) -> np.ndarray:
+    """Each author's group from one uniform draw: treatment below ``treatment_share``; in a balanced author split
+    control below twice the share and the rest held out (index 2), else control (the same draws either way)."""
+    treated = u < cfg.treatment_share
+    if cfg.design != "balanced_author_split":
+        return treated.astype(np.int8)
+    return np.where(treated, 1, np.where(u < 2 * cfg.treatment_share, 0, 2)).astype(np.int8)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -114,7 +123,7 @@ class World:
         self.a_quality.extend(rng.normal(0.0, 0.6, n_auth))
         self.a_rate.extend(cfg.publish_rate * rng.lognormal(0.0, 0.5, n_auth))
         self.a_early.extend(np.full(n_auth, 0.5))
-        self.a_bucket.extend((rng.random(n_auth) < cfg.treatment_share).astype(np.int8))
+        self.a_bucket.extend(author_buckets(rng.random(n_auth), cfg))
         return users
 
     def add_items(self, authors: np.ndarray, publish_us: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import pyarrow as pa
 from pipelines.data import sim_tables
 from pipelines.data.contract import RECALL_CHANNELS, Store, day_bounds
 from pipelines.data.sim_config import (
+    AUTHOR_DESIGNS,
     CATEGORIES,
     DAY_US,
     DEVICES,
@@ -241,7 +242,7 @@ class Simulator:
             treated_req = np.zeros(len(requests.user), dtype=bool)
         base_mix = np.asarray(cfg.channel_mix[cfg.policy])
         treat_mix = np.asarray(cfg.channel_mix[cfg.treatment_policy])
-        if cfg.design == "author_split":
+        if cfg.design in AUTHOR_DESIGNS:
             # Everyone sees the treatment mix; the extra new-item slots go to treatment authors only.
             base_mix = treat_mix
         slot_treated = np.repeat(treated_req, cfg.n_candidates)
@@ -252,7 +253,7 @@ class Simulator:
             np.searchsorted(np.cumsum(base_mix), u, side="right"),
         ).clip(0, len(RECALL_CHANNELS) - 1)
         treated_only = np.zeros(n_slots, dtype=bool)
-        if cfg.design == "author_split":
+        if cfg.design in AUTHOR_DESIGNS:
             control_new_share = cfg.channel_mix[cfg.policy][2] / max(treat_mix[2], 1e-9)
             treated_only = self.rng.random(n_slots) >= control_new_share
         return channel, treated_only

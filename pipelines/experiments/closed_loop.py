@@ -42,8 +42,17 @@ class ClosedLoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     experiment_id: str = Field("exp_guaranteed_exposure", pattern="^[a-z0-9_]+$")
-    design: Literal["user_split", "author_split"] = "user_split"
+    design: Literal["user_split", "author_split", "balanced_author_split"] = Field(
+        "user_split",
+        description="`balanced_author_split`: authors in control and treatment groups of `treatment_share` each "
+        "(0.25: 25/50/25) and the rest held out; each group's new items keep the feed slots control's policies "
+        "would give them (see `new_item_hours`), so treatment authors cannot take control's exposure.",
+    )
     treatment_share: float = Field(0.5, gt=0, lt=1)
+    new_item_hours: float = Field(
+        24.0, gt=0, description="In a balanced author split, an item's slots are its group's fixed share for this "
+        "many hours after publishing (the guaranteed-exposure window by default).",
+    )  # fmt: skip
     pre_days: int = Field(4, ge=3, description="Legacy-feed days before the experiment: training window + 1 held out.")
     days: int = Field(3, ge=1, description="Experiment days under the platform feed.")
     users: int = Field(3000, ge=100)
@@ -89,6 +98,13 @@ class ClosedLoopConfig(BaseModel):
         if len(paced) == 2 and paced[0] != paced[1]:
             raise ValueError("both arms enable guaranteed exposure: give them the same `exposure` config (one "
                              "near-line state sets every new item's target)")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _balanced_shares(self) -> ClosedLoopConfig:
+        if self.design == "balanced_author_split" and self.treatment_share > 0.5:
+            raise ValueError("a balanced author split has control and treatment groups of treatment_share each: "
+                             "treatment_share must be at most 0.5 (0.25 gives 25/50/25)")  # fmt: skip
         return self
 
     def judge(self):
@@ -242,8 +258,9 @@ class _Loop:
             def slot_arm(requests, candidates):
                 return world.a_bucket.view[world.i_author.view[candidates.items]]
 
+        balanced = self.cfg.new_item_hours if self.cfg.design == "balanced_author_split" else None
         return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size, nearline,
-                            feast_author_scores(self.feast))  # fmt: skip
+                            feast_author_scores(self.feast), balanced_new_item_hours=balanced)  # fmt: skip
 
     def read_out(self) -> dict:
         """The experiment period's readout and report under the experiment home."""
@@ -264,12 +281,13 @@ class _Loop:
         names = ("ctr", "target_reach_24h", "publish_penetration")
         headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
         return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline,
-                "target_reach": result["paced_targets"]}  # fmt: skip
+                "target_reach": result["paced_targets"],
+                "new_item_share": result["new_item_impression_share"]}  # fmt: skip
 
     def target_reach(self) -> dict:
         """Per author group: new items of the experiment period whose 24 h window the logs cover (judged), the
         share that reached the target the near-line state set them, and their mean over-exposure beyond it
-        (``max(0, exposures - target) / target``). Groups: the authors' buckets in an author split, else all."""
+        (``max(0, exposures - target) / target``). Groups: the authors' buckets in an author design, else all."""
         import numpy as np
         import pandas as pd
 
@@ -282,7 +300,7 @@ class _Loop:
         log_end = pd.Timestamp(end + dt.timedelta(days=1), tz="UTC")
         judged = published[published["publish_time"] + window <= log_end].merge(targets, on="item_id", how="left")
         judged["group"] = "all"
-        if self.cfg.design == "author_split":
+        if self.cfg.design != "user_split":
             units = self.store.read_range("assignments", end=end).to_pandas()
             bucket = units[units["unit_type"] == "author"].drop_duplicates("unit_id").set_index("unit_id")["bucket"]
             judged["group"] = judged["author_id"].map(bucket).fillna("unassigned")

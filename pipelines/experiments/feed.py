@@ -69,6 +69,7 @@ class PlatformFeed:
         slate_size: int,
         nearline=None,
         author_scores=None,
+        balanced_new_item_hours: float | None = None,
     ) -> None:
         """
         Args:
@@ -83,6 +84,13 @@ class PlatformFeed:
                 (what the arms whose policies enable guaranteed exposure pace to, and what reach is judged by).
             author_scores: what the near-line tick scores authors with
                 (:func:`~pipelines.serving.nearline_ingest.feast_author_scores`); None: the default score.
+            balanced_new_item_hours: a balanced author split (``slot_arm`` gives the item's author group; a
+                bucket without policies of its own, the holdout, is served as control): each request's slate is
+                first chosen by control's policies for every candidate (the neutral slate); each slot a new item
+                (younger than this many hours) of a group takes there stays that group's, filled with the group's
+                own new candidates in the order of its arm's policies. So each group's new items get the slots
+                and positions they would get without the experiment, and a treatment only changes which of its
+                own new items fill them. None: each slot is ranked by its arm's policies (no shares held).
         """
         self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
         self.slate_size = slate_size
@@ -91,6 +99,7 @@ class PlatformFeed:
         if paced and nearline is None:
             raise ValueError(f"arms {paced} enable guaranteed exposure but there is no near-line state")
         self.controllers = {arm: HourlyController(nearline, arms[arm].exposure) for arm in paced}
+        self.balanced_new_item_hours = balanced_new_item_hours
         self.author_scores = author_scores
         self.targets: dict[int, tuple[float, float]] = {}  # item -> (target, exposures) as the state last had them
         self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
@@ -143,12 +152,15 @@ class PlatformFeed:
         arm = self.slot_arm(requests, candidates)
         for controller in self.controllers.values():
             controller.refresh(items)
-        final = np.empty_like(base)
+        order = np.empty((len(items), min(self.slate_size, items.shape[1])), np.int64)
         for r in range(len(items)):
             now = requests.time_us[r] / US
             age = (now - self._age_source(items[r])) / 3600.0
-            final[r] = self._policies(base[r], items[r], age, arm[r], now, unknown[r])
-        order = np.argsort(-final, axis=1, kind="stable")[:, : self.slate_size]
+            scores = self._policies(base[r], items[r], age, arm[r], now, unknown[r])
+            if self.balanced_new_item_hours is None:
+                order[r] = np.argsort(-scores[0], kind="stable")[: self.slate_size]
+            else:
+                order[r] = self._balanced(scores, age, arm[r])
         return Slates(np.take_along_axis(items, order, axis=1), np.take_along_axis(candidates.channel, order, axis=1))
 
     def _age_source(self, items: np.ndarray) -> np.ndarray:
@@ -157,17 +169,39 @@ class PlatformFeed:
         out[known] = self._published[items[known]]
         return out
 
-    def _policies(self, base, items, age, arm, now, unknown) -> np.ndarray:
-        """One request's scores after its arms' policies (an author split mixes arms within a request)."""
+    def _policies(self, base, items, age, arm, now, unknown) -> tuple[np.ndarray, np.ndarray | None]:
+        """One request's scores after each slot's arm's policies (an author split mixes arms within a request),
+        and in a balanced split the neutral scores (control's policies on every candidate)."""
         out = np.empty(len(items))
+        neutral = None
         ids = items.tolist()
-        for bucket in np.unique(arm):
-            cfg = self.arms[int(bucket)]
-            scores, _ = apply_policies(base, ids, age, self.controllers.get(int(bucket)), now, cfg,
+        buckets = np.unique(arm)
+        if self.balanced_new_item_hours is not None:
+            buckets = np.union1d(buckets, [0])
+        for bucket in buckets:
+            served = int(bucket) if int(bucket) in self.arms else 0  # the holdout is served as control
+            scores, _ = apply_policies(base, ids, age, self.controllers.get(served), now, self.arms[served],
                                        out_of_vocab=unknown)  # fmt: skip
             mask = arm == bucket
             out[mask] = scores[mask]
-        return out
+            if bucket == 0:
+                neutral = scores
+        return out, neutral
+
+    def _balanced(self, scores: tuple[np.ndarray, np.ndarray], age: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """A balanced split's slate (candidate indices, best first): the neutral slate, with each treated group's
+        new-item slots refilled by its own new candidates in its arm's order."""
+        final, neutral = scores
+        slate = np.argsort(-neutral, kind="stable")[: self.slate_size]
+        new = np.nan_to_num(age, nan=np.inf) < self.balanced_new_item_hours
+        for g in self.arms:
+            if g == 0:
+                continue  # control's own order is the neutral one
+            slots = np.flatnonzero(new[slate] & (group[slate] == g))
+            if len(slots):
+                pool = np.flatnonzero(new & (group == g))
+                slate[slots] = pool[np.argsort(-final[pool], kind="stable")[: len(slots)]]
+        return slate
 
     def score(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """pCTR, fused score and out-of-vocabulary flag of every (request, candidate) pair, each [n, k]."""

@@ -52,17 +52,19 @@ def readout(
         most ``bootstrap_max_units`` units), the new items' follow-up per bucket, descriptive daily comparisons.
 
     Raises:
-        ValueError: when the buckets are not exactly control and treatment.
+        ValueError: when the buckets are not control and treatment (and a balanced author split's holdout).
     """
     cfg = cfg or ReadoutConfig()
     started = time.perf_counter()
     t = _tally(store, start, end, cfg, bootstrap_metrics, bootstrap_max_units)
-    if set(t.window) != set(BUCKETS):
-        raise ValueError(f"expected buckets control and treatment, found {sorted(t.window)}")
+    assigned_shares = design_shares(t.design, treatment_share)
+    found = set(t.window) | set(t.assigned)
+    if not set(BUCKETS) <= set(t.window) or not found <= set(assigned_shares):
+        raise ValueError(f"design {t.design!r} compares control and treatment (buckets {sorted(assigned_shares)}), "
+                         f"found {sorted(found)}")  # fmt: skip
     metrics = _window_comparisons(t, cfg.alpha)
     correction = _correct_window(metrics, cfg)
-    srm = sample_ratio_check(t.assigned, {"control": 1 - treatment_share, "treatment": treatment_share},
-                             cfg.srm_threshold)  # fmt: skip
+    srm = sample_ratio_check(t.assigned, assigned_shares, cfg.srm_threshold)
     shares = {b: t.totals.get(b, {}).get("new_imps", 0) / max(t.totals.get(b, {}).get("impressions", 0), 1)
               for b in BUCKETS}  # fmt: skip
     questions = design_warning(t.design, treatment_share, shares)
@@ -91,6 +93,16 @@ def readout(
         "daily": _daily_comparisons(t.daily, t.metrics, cfg),
         "seconds": seconds,
     }
+
+
+def design_shares(design: str, treatment_share: float) -> dict[str, float]:
+    """bucket -> share of units assigned to it: a balanced author split has control and treatment groups of
+    ``treatment_share`` each and holds the rest out (served as control, not compared); other designs split
+    control and treatment."""
+    if design != "balanced_author_split":
+        return {"control": 1 - treatment_share, "treatment": treatment_share}
+    held_out = 1 - 2 * treatment_share
+    return {"control": treatment_share, "treatment": treatment_share} | ({"holdout": held_out} if held_out > 0 else {})
 
 
 @dataclass(frozen=True)
