@@ -40,8 +40,27 @@ class SimulatorConfig(BaseModel):
     new_user_activity: float = Field(0.5, gt=0, description="Activity of a new user relative to an old one.")
     n_topics: int = Field(16, ge=2, le=len(CATEGORIES))
     interest_concentration: float = Field(0.3, gt=0, description="Dirichlet alpha of user interests.")
-    content_dim: int = Field(16, ge=2)
-    content_noise: float = Field(0.6, ge=0)
+    # Published content: what the author files and an off-the-shelf encoder gives (see sim_content).
+    content_dim: int = Field(16, ge=2, description="Dimension of the content embedding in the items table.")
+    content_latent_dim: int = Field(32, ge=2, description="Width of the latent the content encoder reads.")
+    content_hidden_dim: int = Field(64, ge=2, description="Hidden width of the fixed random content encoder.")
+    content_topic_weight: float = Field(1.0, ge=0, description="Weight of the hidden topic in the content latent.")
+    content_quality_weight: float = Field(
+        0.15, ge=0, description="Weight of the hidden click quality in the content latent (a weak signal)."
+    )
+    content_author_weight: float = Field(0.8, ge=0, description="Weight of the author's style in the content latent.")
+    content_formats: int = Field(6, ge=1, description="Formats (photo, video, text...) a nuisance style comes from.")
+    content_format_weight: float = Field(0.8, ge=0, description="Weight of the item's format in the content latent.")
+    content_noise: float = Field(1.0, ge=0, description="Weight of per-item nuisance style in the content latent.")
+    category_topic_share: float = Field(
+        0.8, ge=0, le=1, description="Share of items filed under their topic's category (the rest: the author's "
+        "usual category, or a random other one).",
+    )  # fmt: skip
+    keywords_per_item: int = Field(4, ge=1, description="Keyword draws per item (duplicates dropped).")
+    keyword_topic_share: float = Field(0.5, ge=0, le=1, description="Share of keyword draws from the topic's words.")
+    keyword_author_share: float = Field(
+        0.25, ge=0, le=1, description="Share of keyword draws from the author's habitual tags (the rest: generic)."
+    )
     author_share: float = Field(0.05, gt=0, le=1)
     initial_items_per_author: float = Field(6.0, ge=1)
     publish_rate: float = Field(0.25, gt=0, description="Base items per author per day.")
@@ -105,6 +124,12 @@ class SimulatorConfig(BaseModel):
                 raise ValueError("a balanced author split fixes each group's new-item share, which a channel-mix "
                                  "treatment changes: run it as a closed-loop experiment (`coldstart experiment`), "
                                  "where the platform feed holds the shares")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _check_keywords(self) -> SimulatorConfig:
+        if self.keyword_topic_share + self.keyword_author_share > 1:
+            raise ValueError("keyword_topic_share + keyword_author_share must be at most 1")
         return self
 
     @model_validator(mode="after")

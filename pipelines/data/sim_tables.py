@@ -82,18 +82,22 @@ def users_table(world: World, users: np.ndarray) -> pa.Table:
 
 
 def items_table(world: World, items: np.ndarray) -> pa.Table:
-    """The ``items`` rows of ``items``: category, keywords and a content vector near the topic's embedding."""
+    """The ``items`` rows of ``items``: what the author filed (category, keywords) and the content embedding.
+
+    None of these is the hidden topic or quality (see :mod:`~pipelines.data.sim_content`); those stay in
+    ``item_truth``.
+    """
     cfg = world.cfg
-    vectors = world.content_vectors(items)
+    content = world.content(items)
     return pa.table(
         {
             "item_id": items,
             "author_id": world.a_user.view[world.i_author.view[items]],
-            "category": pa.array(np.array(CATEGORIES, dtype=object)[world.i_topic.view[items]], pa.string()),
-            "keywords": pa.array(world.keywords(items), pa.list_(pa.string())),
+            "category": pa.array(np.array(CATEGORIES, dtype=object)[content.category], pa.string()),
+            "keywords": pa.array(content.keywords, pa.list_(pa.string())),
             "content_vector": pa.ListArray.from_arrays(
                 np.arange(0, (len(items) + 1) * cfg.content_dim, cfg.content_dim, dtype=np.int32),
-                pa.array(vectors.ravel(), pa.float32()),
+                pa.array(content.vectors.ravel(), pa.float32()),
             ),
             "publish_time": pa.array(world.i_publish.view[items], pa.timestamp("us", tz="UTC")),
         }

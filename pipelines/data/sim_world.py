@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.data.sim_config import CATEGORIES, DAY_US, SimulatorConfig
+from pipelines.data.sim_config import DAY_US, SimulatorConfig
+from pipelines.data.sim_content import ContentModel, PublishedContent
 
 
 class _Grow:
@@ -75,8 +76,7 @@ class World:
         self.cfg = cfg
         self.rng = rng
         self.topic_prior = rng.dirichlet(np.full(cfg.n_topics, 2.0))
-        self.topic_embedding = rng.normal(size=(cfg.n_topics, cfg.content_dim)).astype(np.float32)
-        self.vocabulary = [[f"{CATEGORIES[k]}_{j}" for j in range(12)] for k in range(cfg.n_topics)]
+        self.content_model = ContentModel(cfg)  # its own generator: content knobs leave the traffic as it is
         # Users.
         self.u_signup = _Grow(np.int64)  # microseconds since epoch
         self.u_activity = _Grow(np.float64)
@@ -90,7 +90,7 @@ class World:
         self.a_quality = _Grow(np.float64)
         self.a_rate = _Grow(np.float64)
         self.a_early = _Grow(np.float64)  # EMA of recent items' early-exposure ratio, in [0, 1]
-        self.a_bucket = _Grow(np.int8)
+        self.a_bucket = _Grow(np.int8)  # index into BUCKETS (an author design's groups)
         # Items.
         self.i_author = _Grow(np.int64)
         self.i_topic = _Grow(np.int64)
@@ -141,14 +141,15 @@ class World:
             column.extend(np.zeros(n, dtype=column.view.dtype))
         return np.arange(first, first + n)
 
-    def content_vectors(self, items: np.ndarray) -> np.ndarray:
-        noise = self.rng.normal(0.0, self.cfg.content_noise, (len(items), self.cfg.content_dim))
-        return (self.topic_embedding[self.i_topic.view[items]] + noise).astype(np.float32)
+    def content(self, items: np.ndarray) -> PublishedContent:
+        """What the platform reads about ``items`` when published: category, keywords, content embedding.
 
-    def keywords(self, items: np.ndarray) -> list[list[str]]:
-        picks = self.rng.integers(0, 12, (len(items), 3))
-        topics = self.i_topic.view[items]
-        return [[self.vocabulary[t][j] for j in sorted(set(row))] for t, row in zip(topics, picks, strict=True)]
+        Drawn once per item (each item is written to ``items`` once), from its hidden topic, quality and author
+        through :class:`~pipelines.data.sim_content.ContentModel`; none of them is handed out as it is.
+        """
+        return self.content_model.describe(
+            self.i_topic.view[items], self.i_quality.view[items], self.i_author.view[items], self.a_topic.view
+        )
 
     # ---- population over time ----------------------------------------------------------------------------
     def bootstrap(self, start_us: int) -> tuple[np.ndarray, np.ndarray]:

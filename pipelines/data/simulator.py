@@ -3,8 +3,10 @@
 Hidden ground truth (never logged, written to the ``truth`` layer for evaluation):
 
 * users have interest vectors over topics (Dirichlet), an activity level and a click bias;
-* items have a topic, a click quality and a conversion quality; their content vector is the topic's embedding
-  plus noise, so content-based cold-start methods have a real signal;
+* items have a topic, a click quality and a conversion quality; what the platform reads of them is what it has at
+  publish time (:mod:`~pipelines.data.sim_content`): a category the author files (usually the topic's), mixed
+  keywords and an encoder-style embedding that carries the topic partly and the quality weakly, beside author,
+  format and nuisance style, so content-based cold-start methods have a real but imperfect signal;
 * a click happens with ``exam(position) * sigmoid(attractiveness)`` (position-based model); a conversion
   (like / follow / collect) needs a click and has its own probability; dwell follows clicks.
 
@@ -25,7 +27,8 @@ same bytes.
 
 Layout: :mod:`~pipelines.data.sim_config` holds the knobs, :mod:`~pipelines.data.sim_world` the population and
 its hidden truth (including the click model), :mod:`~pipelines.data.sim_feed` the feed that orders each slate,
-:mod:`~pipelines.data.sim_tables` the tables written; this module runs the days and the steps of each hour.
+:mod:`~pipelines.data.sim_content` the published content, :mod:`~pipelines.data.sim_tables` the tables written;
+this module runs the days and the steps of each hour.
 """
 
 from __future__ import annotations

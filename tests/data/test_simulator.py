@@ -230,3 +230,5 @@ def test_config_rejects_unknown_keys_and_bad_mixes() -> None:
         SimulatorConfig(dayz=3)
     with pytest.raises(ValueError, match="summing to 1"):
         SimulatorConfig(channel_mix={"popularity": (1, 1, 0, 0), "random": (0, 0, 0, 1), "boost": (0, 0, 1, 0)})
+    with pytest.raises(ValueError, match="keyword_topic_share"):
+        SimulatorConfig(keyword_topic_share=0.8, keyword_author_share=0.3)
