@@ -49,7 +49,8 @@ def one_seed(seed: int, opts: argparse.Namespace, root: Path) -> dict:
     if opts.relabels:
         units = unit_sums(store, start, sim.end_date, cuped_cfg)
         for label, cuped in (("plain", False), ("cuped", True)):
-            _, rel = relabelled(units, opts.relabels, seed=seed, cuped=cuped)
+            _, rel = relabelled(units, opts.relabels, seed=seed, cuped=cuped,
+                                permutation_below_units=plain_cfg.permutation_below_units)  # fmt: skip
             out[f"relabelled_{label}"] = rel["p_value"].tolist()
     out["metrics"] = list(result["metrics"])
     return out

@@ -16,7 +16,7 @@ from scipy import stats
 
 from pipelines.experiments.correction import Method, adjust
 from pipelines.experiments.cuped import Covariate, compare_with_cuped
-from pipelines.experiments.stats import Moments
+from pipelines.experiments.stats import Moments, permutation_p_value
 
 
 def _bucket_sums(mask: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -33,10 +33,18 @@ def _column(units: pa.Table, name: str) -> np.ndarray:
 
 
 def relabelled(
-    units: pa.Table, n_runs: int, seed: int, share: float = 0.5, cuped: bool = False, alpha: float = 0.05
+    units: pa.Table,
+    n_runs: int,
+    seed: int,
+    share: float = 0.5,
+    cuped: bool = False,
+    alpha: float = 0.05,
+    permutation_below_units: int = 0,
+    permutation_resamples: int = 2000,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Every metric compared over ``n_runs`` random relabellings of the units of :func:`.readout.unit_sums`,
-    through the readout's own statistics (:func:`.cuped.compare_with_cuped`).
+    through the readout's own statistics (:func:`.cuped.compare_with_cuped`, and its permutation p-value where
+    a bucket has fewer than ``permutation_below_units`` units with a denominator).
 
     Returns:
         (metric names, {"p_value", "diff", "se"}: arrays [n_runs, n_metrics]; NaN where a bucket has no data).
@@ -56,6 +64,10 @@ def relabelled(
             covs = [Covariate(Moments(*pre[b][0][run]), *pre[b][1][run]) if cuped else None for b in ("c", "t")]
             c, _ = compare_with_cuped(Moments(*sums["c"][run]), Moments(*sums["t"][run]), *covs, alpha)
             out["p_value"][run, j], out["diff"][run, j] = c.p_value, c.diff
+            if 2 <= min(sums["c"][run][0], sums["t"][run][0]) < permutation_below_units and np.isfinite(c.p_value):
+                has = x > 0
+                kept = [(y[has & (treated[run] == arm)], x[has & (treated[run] == arm)]) for arm in (False, True)]
+                out["p_value"][run, j] = permutation_p_value(*kept[0], *kept[1], permutation_resamples, seed + run)
             out["se"][run, j] = (c.diff_ci[1] - c.diff_ci[0]) / (2 * z)
     return names, out
 

@@ -71,6 +71,14 @@ class ReadoutConfig(BaseModel):
         description="CUPED: the days before `start` whose per-unit metric is the covariate (0: off). The "
         "pre-period must be before any treatment.",
     )
+    permutation_below_units: int = Field(
+        1000,
+        ge=0,
+        description="A metric with fewer units (with a denominator) than this in either bucket is tested by "
+        "permuting units between buckets instead of the delta method's normal approximation, which is "
+        "optimistic on few skewed units (the new-item metrics of a few hundred authors). 0: never.",
+    )
+    permutation_resamples: int = Field(2000, ge=100, description="Resamples of each permutation test.")
     layer: str = Field("clean", pattern="^(raw|clean)$")
     memory_limit: str = Field("3GB", description="DuckDB memory limit; it spills to disk above it.")
 

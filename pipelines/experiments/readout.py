@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines.data.contract import Store
@@ -28,7 +29,13 @@ from pipelines.experiments.cuped import Covariate, compare_with_cuped
 from pipelines.experiments.definitions import Metric
 from pipelines.experiments.design import design_warning, warning_text
 from pipelines.experiments.metrics import build_unit_days, create_units, drop_intermediates, observed_until
-from pipelines.experiments.stats import Moments, bootstrap_diff_ci, compare, sample_ratio_check
+from pipelines.experiments.stats import (
+    Moments,
+    bootstrap_diff_ci,
+    compare,
+    permutation_p_value,
+    sample_ratio_check,
+)
 from pipelines.experiments.survival import first_exposure
 
 log = logging.getLogger(__name__)
@@ -56,13 +63,13 @@ def readout(
     """
     cfg = cfg or ReadoutConfig()
     started = time.perf_counter()
-    t = _tally(store, start, end, cfg, bootstrap_metrics, bootstrap_max_units)
+    t = _tally(store, start, end, cfg, bootstrap_max_units)
     assigned_shares = design_shares(t.design, treatment_share)
     found = set(t.window) | set(t.assigned)
     if not set(BUCKETS) <= set(t.window) or not found <= set(assigned_shares):
         raise ValueError(f"design {t.design!r} compares control and treatment (buckets {sorted(assigned_shares)}), "
                          f"found {sorted(found)}")  # fmt: skip
-    metrics = _window_comparisons(t, cfg.alpha)
+    metrics = _window_comparisons(t, cfg, bootstrap_metrics)
     correction = _correct_window(metrics, cfg)
     srm = sample_ratio_check(t.assigned, assigned_shares, cfg.srm_threshold)
     shares = {b: t.totals.get(b, {}).get("new_imps", 0) / max(t.totals.get(b, {}).get("impressions", 0), 1)
@@ -156,7 +163,6 @@ def _tally(
     start: dt.date,
     end: dt.date,
     cfg: ReadoutConfig,
-    bootstrap_metrics: tuple[str, ...],
     bootstrap_max_units: int,
 ) -> _Tallies:
     """Build the unit-days of [start, end] and sum them per bucket, per day, per item and (bootstrap) per unit."""
@@ -166,9 +172,8 @@ def _tally(
         assigned = aggregates.assigned_units(con, end)
         items, curves = aggregates.item_followup(con)
         arrays = {}
-        chosen = tuple(m for m in family if m.name in bootstrap_metrics)
-        if chosen and sum(assigned.values()) <= bootstrap_max_units:
-            arrays = _bucket_arrays(aggregates.unit_table(con, chosen, start, end), chosen)
+        if sum(assigned.values()) <= bootstrap_max_units:  # unit-level: the bootstrap and permutation tests
+            arrays = _bucket_arrays(aggregates.unit_table(con, family, start, end), family)
         totals = aggregates.bucket_totals(con)
     return _Tallies(design, unit_type, family, observed, window, covariates, daily, assigned, totals, items, curves,
                     arrays)  # fmt: skip
@@ -186,29 +191,39 @@ def unit_sums(store: Store, start: dt.date, end: dt.date, cfg: ReadoutConfig | N
 
 def _bucket_arrays(table: pa.Table, metrics: tuple[Metric, ...]) -> dict[str, dict[str, tuple]]:
     """metric -> bucket -> (y, x) of the units with x > 0."""
-    rows = table.to_pylist()
+    bucket = np.asarray(table["bucket"].to_pylist(), dtype=object)
     out: dict[str, dict[str, tuple]] = {}
     for m in metrics:
-        for bucket in BUCKETS:
-            pairs = [(r[f"{m.name}__y"], r[f"{m.name}__x"]) for r in rows if r["bucket"] == bucket]
-            kept = [(y, x) for y, x in pairs if x > 0]
-            out.setdefault(m.name, {})[bucket] = ([y for y, _ in kept], [x for _, x in kept])
+        y = table[f"{m.name}__y"].to_numpy(zero_copy_only=False).astype(float)
+        x = table[f"{m.name}__x"].to_numpy(zero_copy_only=False).astype(float)
+        for b in BUCKETS:
+            keep = (bucket == b) & (np.nan_to_num(x) > 0)
+            out.setdefault(m.name, {})[b] = (np.nan_to_num(y[keep]), x[keep])
     return out
 
 
-def _window_comparisons(t: _Tallies, alpha: float) -> dict[str, dict]:
-    """metric -> treatment vs control over the window (CUPED-adjusted where covariates exist), bootstrap CI."""
+def _window_comparisons(t: _Tallies, cfg: ReadoutConfig, bootstrap_metrics: tuple[str, ...]) -> dict[str, dict]:
+    """metric -> treatment vs control over the window (CUPED-adjusted where covariates exist); a bootstrap CI for
+    ``bootstrap_metrics``; a permutation p-value where either bucket has fewer than
+    ``cfg.permutation_below_units`` units (its interval stays the delta method's)."""
     metrics = {}
     for metric in t.metrics:
         name = metric.name
         covs = [t.covariates.get(b, {}).get(name) for b in BUCKETS]
-        comparison, cuped = compare_with_cuped(t.window["control"][name], t.window["treatment"][name], *covs, alpha)
+        comparison, cuped = compare_with_cuped(t.window["control"][name], t.window["treatment"][name], *covs,
+                                               cfg.alpha)  # fmt: skip
         result = comparison.to_dict() | {"side": metric.side, "description": metric.description, "cuped": cuped}
         result["denominators"] = {b: t.window[b][name].sx for b in BUCKETS}
+        result["test"] = "delta"
         arrays = t.arrays.get(name, {})
         if all(len(arrays.get(b, ((), ()))[1]) for b in BUCKETS):
             (yc, xc), (yt, xt) = arrays["control"], arrays["treatment"]
-            result["bootstrap_diff_ci"] = bootstrap_diff_ci(yc, xc, yt, xt, alpha, n_resamples=500)
+            if name in bootstrap_metrics:
+                result["bootstrap_diff_ci"] = bootstrap_diff_ci(yc, xc, yt, xt, cfg.alpha, n_resamples=500)
+            if 2 <= min(len(xc), len(xt)) < cfg.permutation_below_units and math.isfinite(result["p_value"]):
+                result["p_value"] = permutation_p_value(yc, xc, yt, xt, cfg.permutation_resamples)
+                result["test"] = "permutation"
+                result["significant"] = bool(result["p_value"] < cfg.alpha)
         metrics[name] = result
     return metrics
 

@@ -96,3 +96,25 @@ def test_error_rates_and_their_wilson_intervals() -> None:
     rates = false_positive_rates(p)
     assert (rates["per_test"].k, rates["per_test"].n) == (2, 8)
     assert rates["familywise_uncorrected"].k == 2 and rates["familywise_corrected"].k == 1  # 0.04 * 3 > 0.05
+
+
+def test_permutation_p_value_holds_alpha_on_few_skewed_units() -> None:
+    """A/A on 60 heavy-tailed units per bucket: the permutation test rejects about alpha of the time; the delta
+    method's normal approximation is not guaranteed to here (it is what the permutation test replaces)."""
+    from pipelines.experiments.stats import permutation_p_value
+
+    rng = np.random.default_rng(11)
+    rejections = 0
+    for run in range(200):
+        x = rng.pareto(1.5, 120) + 1
+        y = rng.binomial(np.round(x).astype(int), 0.2)
+        p = permutation_p_value(y[:60], x[:60], y[60:], x[60:], n_resamples=500, seed=run)
+        assert 0 < p <= 1
+        rejections += p < 0.05
+    assert 0.01 <= rejections / 200 <= 0.09, rejections
+    # A real difference is found.
+    x = rng.pareto(1.5, 120) + 1
+    y = np.concatenate(
+        [rng.binomial(np.round(x[:60]).astype(int), 0.1), rng.binomial(np.round(x[60:]).astype(int), 0.4)]
+    )
+    assert permutation_p_value(y[:60], x[:60], y[60:], x[60:], n_resamples=500) < 0.01
