@@ -20,7 +20,7 @@ from pipelines.features.training_set import build_training_set, view_joins
 from pipelines.models import RANKERS
 from pipelines.settings import Settings, get_settings, use_mlflow_experiment
 from pipelines.training.config import TrainConfig, TrainRequest
-from pipelines.training.dataset import INPUT_COLUMNS, FeatureEncoder
+from pipelines.training.dataset import ID_FIELDS, INPUT_COLUMNS, SPARSE, FeatureEncoder
 from pipelines.training.registry import build_ranker, log_and_register
 from pipelines.training.trainer import Checkpoint, EarlyStopping, LogMetrics, Trainer, distributed_rank
 
@@ -117,7 +117,7 @@ def train_model(
     cfg = RANKERS[model].config_class(**(model_config or {}))  # unknown keys fail here
     tcfg = TrainConfig(**(train_config or {}))
     # The caller's frame is handed over: once encoded it is freed (GBs at 10M impressions).
-    train, val, encoder, rows, example = _encoded(frame)
+    train, val, encoder, rows, example = _encoded(frame, tcfg)
     del frame
     resolved = cfg.model_dump()
     import torch
@@ -152,12 +152,18 @@ def train_model(
     return result
 
 
-def _encoded(frame: pd.DataFrame) -> tuple[dict, dict, FeatureEncoder, dict, pd.DataFrame]:
-    """Time split, encoder fitted on the training days: (train, val, encoder, row counts, a 5-row example)."""
+def _encoded(frame: pd.DataFrame, tcfg: TrainConfig) -> tuple[dict, dict, FeatureEncoder, dict, pd.DataFrame]:
+    """Time split, encoder fitted on the training days with the minimum id counts of ``tcfg``: (train, val,
+    encoder, row counts and default-row shares, a 5-row example)."""
     train_frame, val_frame = split_by_time(frame)
-    encoder = FeatureEncoder.fit(train_frame)
+    encoder = FeatureEncoder.fit(train_frame, min_counts=tcfg.min_counts)
     train, val = encoder.transform(train_frame), encoder.transform(val_frame)
     rows = {"train_rows": len(train_frame), "val_rows": len(val_frame)}
+    # How much row 0 learns from folded ids (train) and how much of the next day it scores (val), per field.
+    for split, data in (("train", train), ("val", val)):
+        for column in ID_FIELDS:
+            on_row_0 = data["sparse"][:, SPARSE.index(column)] == 0
+            rows[f"{split}_default_share_{column}"] = float(on_row_0.float().mean())
     example = val_frame[[c for c in INPUT_COLUMNS if c in val_frame]].head(5).reset_index(drop=True).copy()
     return train, val, encoder, rows, example
 

@@ -4,12 +4,19 @@ Choices (recorded in the encoder, which is saved with every model):
 
 * sparse fields map through a vocabulary of the training values; index 0 is the default embedding for every
   value not in it (unseen and brand-new users, items and authors all land there);
+* the default embedding is learned (MODELS.md §6): user, item and author ids seen fewer than their minimum count
+  (``TrainConfig.min_count_*``) are left out of the vocabulary, so the long tail trains row 0, and
+  :func:`drop_ids` (id dropout, training only) looks a share of rows' ids up as row 0; a folded id and an unseen
+  one are the same everywhere, serving included;
 * dense counts go through log1p, then every dense column is standardized with training mean and std; missing
   values (no snapshot yet: the cold rows) become 0 after standardization, i.e. the training mean, and each
   feature view gets a missing-indicator column;
 * POSO's personalization code is raw scalars, not bucketized: log1p(view_count), is_new_user,
   log1p(days_since_signup) (MODELS.md §4 leaves raw vs bucketized open; raw is what the issue asks for);
-* the recent-click sequence maps through the item vocabulary, newest first, padded with 0 to ``seq_len``.
+* the recent-click sequence maps through the item vocabulary, newest first, padded with 0 to ``seq_len``; a
+  folded (or unseen) item becomes 0 there too, i.e. it is left out of the history: row 0 says "some rare item",
+  which is no evidence of what the user likes, and a separate "rare" index would need a padding row apart from
+  row 0 in every sequence model.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import pyarrow.compute as pc
 import torch
 
 from pipelines.models.base import InputSpec
+from pipelines.training.config import TrainConfig
 
 SPARSE = ["user_id", "item_id", "author_id", "gender", "age", "occupation", "region", "device", "category"]
 USER_FIELDS = ["user_id", "gender", "age", "occupation", "region", "device"]
@@ -36,6 +44,7 @@ COUNTS = [
     "age_hours", "days_since_signup", "recent_clicks",
 ]  # fmt: skip
 RATES = ["ctr_smoothed_7d", "cvr_smoothed_7d", "author_ctr_smoothed", "author_cvr_smoothed", "is_new_user", "is_author"]
+ID_FIELDS = ["user_id", "item_id", "author_id"]  # the fields with a learned default row (min count, id dropout)
 MISSING_FLAGS = {"user_activity": "view_count", "item_stats": "exposures_7d", "author_stats": "items_published"}
 LABELS = ["click", "conversion"]
 
@@ -49,6 +58,16 @@ def _key(value) -> str:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         value = int(value)
     return str(value.item() if isinstance(value, np.generic) else value)
+
+
+def _value_counts(column: pd.Series) -> dict[str, int]:
+    """Rows per vocabulary key (3, 3.0 and "3" count together); missing values are not counted."""
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    counts: dict[str, int] = {}
+    for value, n in zip(uniques, np.bincount(codes[codes >= 0], minlength=len(uniques)), strict=True):
+        key = _key(value)
+        counts[key] = counts.get(key, 0) + int(n)
+    return counts
 
 
 def _arrow_lists(column: pd.Series) -> pa.ListArray | None:
@@ -87,13 +106,26 @@ class FeatureEncoder:
     std: list[float] = field(default_factory=list)
     content_dim: int = 0
     seq_len: int = 20
+    # Minimum training counts the vocabulary was cut at; empty in encoders saved before there were any (every
+    # training id was in the vocabulary then), so those still load.
+    min_counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, seq_len: int = 20) -> FeatureEncoder:
-        enc = cls(seq_len=seq_len)
+    def fit(cls, frame: pd.DataFrame, seq_len: int = 20, min_counts: dict[str, int] | None = None) -> FeatureEncoder:
+        """Fit on the training frame.
+
+        Args:
+            frame: the training rows (one per impression).
+            seq_len: length of the recent-click sequence.
+            min_counts: rows a value of a field needs to enter the vocabulary (fewer: index 0), by column;
+                None: the defaults of :class:`TrainConfig`; fields not named keep every value.
+        """
+        min_counts = TrainConfig().min_counts if min_counts is None else min_counts
+        enc = cls(seq_len=seq_len, min_counts={c: int(n) for c, n in min_counts.items()})
         for column in SPARSE:
-            values = {_key(v) for v in pd.unique(frame[column].dropna())} if column in frame else set()
-            enc.vocab[column] = {v: i + 1 for i, v in enumerate(sorted(values))}
+            counts = _value_counts(frame[column]) if column in frame else {}
+            least = enc.min_counts.get(column, 1)
+            enc.vocab[column] = {v: i + 1 for i, v in enumerate(sorted(v for v, n in counts.items() if n >= least))}
         if "content_vector" in frame:
             vectors = frame["content_vector"].dropna()
             enc.content_dim = len(vectors.iloc[0]) if len(vectors) else 0
@@ -219,6 +251,22 @@ def batches(data: dict[str, torch.Tensor], batch_size: int, generator: torch.Gen
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield {k: v[idx] for k, v in data.items()}
+
+
+def drop_ids(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Id dropout: each of a row's user, item and author ids is looked up as row 0 with probability ``p``.
+
+    Only the ``sparse`` embedding lookup changes (a copy; ``user``, the UCBE memory index, and the recent-click
+    sequence stay): row 0 learns the unknown-id case over the whole training distribution, alongside the
+    long-tail rows folded into it. Training only: evaluation and serving never call it.
+    """
+    if p <= 0 or "sparse" not in batch:
+        return batch
+    columns = [SPARSE.index(c) for c in ID_FIELDS]
+    sparse = batch["sparse"].clone()
+    drop = torch.rand(len(sparse), len(columns), generator=generator) < p  # [B, 3], independent per field
+    sparse[:, columns] = sparse[:, columns].masked_fill(drop, 0)
+    return {**batch, "sparse": sparse}
 
 
 # The raw feature columns a trained ranker reads (what a serving request must carry).

@@ -1,8 +1,11 @@
 """A generic trainer: the model supplies its loss, callbacks do logging, early stopping and checkpoints.
 
-Deterministic: each epoch seeds the global RNG (dropout) and its shuffling generator from (seed, epoch), and a
-checkpoint holds the model and the optimizer, so a run killed after epoch k and resumed gives the same weights
-as one that never stopped.
+Deterministic: each epoch seeds the global RNG (dropout), its shuffling generator and its id-dropout generator
+from (seed, epoch), and a checkpoint holds the model and the optimizer, so a run killed after epoch k and resumed
+gives the same weights as one that never stopped.
+
+Id dropout (``TrainConfig.id_dropout``, :func:`~pipelines.training.dataset.drop_ids`) is a transform of the
+training batches, the same for every model; validation never applies it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 from torch import nn
 
 from pipelines.training.config import TrainConfig
-from pipelines.training.dataset import batches
+from pipelines.training.dataset import batches, drop_ids
 
 log = logging.getLogger(__name__)
 VALIDATION_CHUNK = 65536  # rows per forward pass when validating
+ID_DROPOUT_STREAM = 1 << 40  # offsets the id-dropout seed from the shuffling seed: independent streams
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -154,8 +158,11 @@ class Trainer:
             # Everything random in an epoch (shuffle, dropout) derives from (seed, epoch): reruns and resumes agree.
             torch.manual_seed(self.cfg.seed * 1000 + self.state.epoch)
             generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.state.epoch)
+            unknown = torch.Generator().manual_seed(ID_DROPOUT_STREAM + self.cfg.seed * 1000 + self.state.epoch)
             running, steps = 0.0, 0
-            epoch_batches = batches(train, self.cfg.batch_size, generator)
+            # on the global batch, before a DDP rank takes its slice: every rank drops what one process would
+            epoch_batches = (drop_ids(b, self.cfg.id_dropout, unknown)
+                             for b in batches(train, self.cfg.batch_size, generator))  # fmt: skip
             if self.world > 1:
                 # Each rank takes its slice of every global batch: the same steps as one process, and DDP's
                 # gradient average over the slices is the gradient of the whole batch.

@@ -135,8 +135,8 @@ def test_unknown_users_and_items_take_the_default_embedding(tensors) -> None:
     assert torch.isfinite(scores).all() and len(torch.argsort(scores, descending=True)) == 5
 
 
-def test_ids_as_floats_or_strings_map_to_the_same_index(tensors) -> None:
-    encoder, _ = tensors
+def test_ids_as_floats_or_strings_map_to_the_same_index() -> None:
+    encoder = FeatureEncoder.fit(synthetic_frame(), min_counts={})  # every id in the vocabulary: no id folds to 0
     frame = synthetic_frame(3, seed=3)
     as_float = frame.assign(user_id=frame["user_id"].astype(float), item_id=frame["item_id"].astype(str))
     assert torch.equal(encoder.transform(frame)["sparse"], encoder.transform(as_float)["sparse"])
@@ -169,6 +169,12 @@ def test_registered_version_loads_by_alias_and_predicts_identically(tmp_path: Pa
     np.testing.assert_allclose(first["p_ctcvr"], first["p_ctr"] * first["p_cvr"], rtol=1e-6)
     run = mlflow.get_run(result["run_id"])
     assert run.data.params["model"] == "esmm" and "val_loss" in run.data.metrics
+    # the learned-default choices are recorded: config as params, their effect as metrics, the cut in the encoder
+    defaults = TrainConfig()
+    assert run.data.params["train.id_dropout"] == str(defaults.id_dropout)
+    assert run.data.params["train.min_count_item"] == str(defaults.min_count_item)
+    assert run.data.metrics["train_default_share_item_id"] == 1.0  # ~7 training rows per item: all fold
+    assert loaded.unwrap_python_model().encoder.min_counts == defaults.min_counts
     # Unknown config keys are rejected before anything trains.
     with pytest.raises(ValueError, match="extra"):
         train_model(settings, "esmm", frame, {"towr": [8]}, {"epochs": 1})
@@ -216,7 +222,8 @@ def test_arrow_list_columns_encode_like_numpy_arrays_in_object_columns() -> None
     for column, kind in (("content_vector", pa.float32()), ("recent_item_ids", pa.int64())):
         cells = [None if v is None else list(v) for v in frame[column]]
         arrow[column] = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(cells, pa.list_(kind))), index=frame.index)
-    fitted, from_arrow = FeatureEncoder.fit(frame), FeatureEncoder.fit(arrow)
+    # every item in the vocabulary (no minimum count), so the truncated 40-id history below holds no 0
+    fitted, from_arrow = FeatureEncoder.fit(frame, min_counts={}), FeatureEncoder.fit(arrow, min_counts={})
     assert fitted.vocab == from_arrow.vocab and fitted.dense == from_arrow.dense
     np.testing.assert_allclose(fitted.mean, from_arrow.mean, rtol=1e-6)
     expected, got = fitted.transform(frame), fitted.transform(arrow)
