@@ -65,21 +65,61 @@ def output_aucs(out, data) -> dict[str, float]:
     return metrics
 
 
-def warm_start(net, uri: str, train: dict) -> int:
-    """Copy the weights of ``uri`` whose names and shapes match into ``net``; returns how many tensors."""
+def warm_start(net, uri: str, train: dict, encoder: FeatureEncoder) -> int:
+    """Copy the weights of ``uri`` into ``net``; returns how many tensors.
+
+    Id tables are copied row by row through the two vocabularies (an id's index in one training window is not
+    its index in the next, even when the tables have the same size): each id both know keeps its learned row,
+    row 0 (the default) is copied, new ids keep their fresh init. Other tensors are copied where name and shape
+    match.
+    """
     import mlflow
     import torch
 
-    source = mlflow.pyfunc.load_model(uri).unwrap_python_model().model.state_dict()
+    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    source = wrapper.model.state_dict()
+    tables = _copy_id_rows(net, source, wrapper.encoder, encoder)
     target = net.state_dict()
-    matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    matching = {k: v for k, v in source.items() if k in target and k not in tables and target[k].shape == v.shape}
     net.load_state_dict(matching, strict=False)
+    matching |= dict.fromkeys(tables)
     uie = getattr(net, "uie", None)
     if uie is not None:
         sample = {k: v[:4096] for k, v in train.items()}
         with torch.no_grad():
             uie.user_memory.warm_start(uie._user_vector(sample), torch.Generator().manual_seed(0))
     return len(matching)
+
+
+def _copy_id_rows(net, source: dict, old: FeatureEncoder, new: FeatureEncoder) -> set[str]:
+    """Copy the rows of every id table (:class:`EmbeddingLayer` over the sparse fields) by vocabulary key;
+    returns the state-dict names handled."""
+    import torch
+
+    from pipelines.models.layers import EmbeddingLayer
+
+    done = set()
+    for prefix, module in net.named_modules():
+        if not isinstance(module, EmbeddingLayer) or len(module.tables) != len(SPARSE):
+            continue
+        for i, column in enumerate(SPARSE):
+            name = f"{prefix}.tables.{i}.weight" if prefix else f"tables.{i}.weight"
+            weight, rows = module.tables[i].weight, source.get(name)
+            if rows is None or rows.shape[1] != weight.shape[1]:
+                continue
+            before = old.vocab.get(column, {})
+            pairs = [
+                (j, before[key])
+                for key, j in new.vocab[column].items()
+                if before.get(key, rows.shape[0]) < rows.shape[0]
+            ]
+            with torch.no_grad():
+                weight[0] = rows[0]
+                if pairs:
+                    to, source_rows = (torch.tensor(v) for v in zip(*pairs, strict=True))
+                    weight[to] = rows[source_rows]
+            done.add(name)
+    return done
 
 
 def split_by_time(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -125,7 +165,7 @@ def train_model(
     torch.manual_seed(tcfg.seed)  # the initial weights too: same config, same data, same model
     net = build_ranker(model, encoder, resolved)
     if warm_start_from:
-        loaded = warm_start(net, warm_start_from, train)
+        loaded = warm_start(net, warm_start_from, train, encoder)
         lineage = {**(lineage or {}), "warm_start_from": warm_start_from, "warm_started_tensors": loaded}
     key = training_key(model, resolved, tcfg.model_dump(), lineage)
     rank, world = distributed_rank()

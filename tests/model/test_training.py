@@ -231,3 +231,31 @@ def test_arrow_list_columns_encode_like_numpy_arrays_in_object_columns() -> None
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
     assert (expected["seq"][1] > 0).all() and (expected["seq"][7] == 0).all()  # 40 ids truncated to seq_len
+
+
+def test_warm_start_copies_id_rows_by_vocabulary_key() -> None:
+    """Item 7 is index 2 in the first window's vocabulary and index 1 in the next (item 3 is gone): its learned
+    row follows the id, row 0 is copied, and an id only the new window has keeps its fresh init."""
+    from pipelines.models import TINY_CONFIGS
+    from pipelines.training.api import _copy_id_rows
+    from pipelines.training.dataset import SPARSE
+    from pipelines.training.registry import build_ranker
+
+    first = synthetic_frame(400, seed=1)
+    first["item_id"] = np.resize([3, 5, 7], len(first))
+    second = first.copy()
+    second["item_id"] = np.resize([5, 7, 9], len(second))
+    old, new = FeatureEncoder.fit(first, min_counts={}), FeatureEncoder.fit(second, min_counts={})
+    assert old.vocab["item_id"]["7"] != new.vocab["item_id"]["7"]
+    torch.manual_seed(0)
+    source = build_ranker("esmm", old, TINY_CONFIGS["esmm"])
+    target = build_ranker("esmm", new, TINY_CONFIGS["esmm"])
+    fresh = target.state_dict()
+    done = _copy_id_rows(target, source.state_dict(), old, new)
+    field = SPARSE.index("item_id")
+    name = next(n for n in done if n.endswith(f"tables.{field}.weight"))
+    before, after = source.state_dict()[name], target.state_dict()[name]
+    for key in ("5", "7"):
+        torch.testing.assert_close(after[new.vocab["item_id"][key]], before[old.vocab["item_id"][key]])
+    torch.testing.assert_close(after[0], before[0])
+    torch.testing.assert_close(after[new.vocab["item_id"]["9"]], fresh[name][new.vocab["item_id"]["9"]])
