@@ -8,13 +8,19 @@ scenarios. Metrics per cold-start slice (new/warm user × new/warm item, exposur
 with bootstrap intervals, and the gap to the simulator's true probabilities, go into an HTML + JSON report
 logged to an MLflow run in `coldstart_evaluation`.
 
+Each version is scored through the ranker bento's own code (`RankerCore.score_frame`, with the policies it serves
+and its known-items table as of the version's training end), so new items are scored on content-kNN rows as served.
+
 `promotion_gate` then applies the gate: overall and every cold slice must not regress beyond tolerance against the
-champion (absolute floors when there is none). A pass tags the version `gate=passed`, points the alias
-`approved` at it and emits the `coldstart_approved_models` Asset that `promote_bento` is scheduled on; a block
-fails the `promotion_gate` task (no retries) with the reasons in its log, and tags the version `gate=blocked`.
+champion (absolute floors, on cold slices too, when there is none), and every cold slice must have been judged by at
+least one check unless `allow_skipped_cold_checks`; the report lists per cold slice the checks that ran. A pass
+tags the version `gate=passed`, points the alias `approved` at it and emits the `coldstart_approved_models` Asset
+that `promote_bento` is scheduled on; a block fails the `promotion_gate` task (no retries) with the reasons in its
+log, and tags the version `gate=blocked`.
 
 Params: `models`, `dataset`, `start` / `end` (default: the `eval_days` days after training), slice definitions,
-tolerances, floors and `checks` (null = the model's defaults), `n_bootstrap`, `chain`. CLI twin: `coldstart evaluate`.
+tolerances, floors, `checks` and `allow_skipped_cold_checks` (null = the model's defaults), `policies`,
+`n_bootstrap`, `chain`. CLI twin: `coldstart evaluate`.
 """
 
 from __future__ import annotations
@@ -41,13 +47,14 @@ def _config(params: dict) -> dict:
         "exposure_edges": params["exposure_edges"],
         "custom": params["custom_slices"],
     }
-    gate_keys = ("overall_tolerance", "cold_tolerance", "floors", "checks", "min_count")
+    gate_keys = ("overall_tolerance", "cold_tolerance", "floors", "checks", "min_count", "allow_skipped_cold_checks")
     return {
         "slices": slices,
         "gate": {k: params[k] for k in gate_keys if params.get(k) is not None},
         "n_bootstrap": params["n_bootstrap"],
         "eval_days": params["eval_days"],
         "max_users": params["max_users"],
+        "policies": params["policies"],
     }
 
 
@@ -106,6 +113,18 @@ def _config(params: dict) -> dict:
         "floors": Param(None, type=["null", "object"], description='e.g. {"ctr:auc": 0.55}; used with no champion.'),
         "checks": Param(None, type=["null", "array"], items={"type": "string"}, description='e.g. ["ctr:auc"].'),
         "min_count": Param(None, type=["null", "integer"], minimum=1, description="Smaller cold slices are skipped."),
+        "allow_skipped_cold_checks": Param(
+            None,
+            type=["null", "boolean"],
+            description="Pass even when a cold slice had no check that could run (too small, not computable). "
+            "Null: the model's default (false: such a slice blocks the gate).",
+        ),
+        "policies": Param(
+            default(EvaluationConfig, "policies"),
+            type="object",
+            description='Rankers: serving-policy overrides to score with, e.g. {"new_item_embedding": "default"} '
+            "({}: what the ranker bento serves).",
+        ),
         "n_bootstrap": Param(
             default(EvaluationConfig, "n_bootstrap"),
             type="integer",

@@ -32,6 +32,12 @@ def evaluate(
     ),
     eval_days: Annotated[int, typer.Option(min=1)] = default(EvaluationConfig, "eval_days"),
     max_users: Annotated[int | None, typer.Option(min=1, help="MeLU: users per scenario.")] = None,
+    allow_skipped_cold_checks: Annotated[
+        bool, typer.Option(help="Pass even when a cold slice had no check that could run (default: it blocks).")
+    ] = False,
+    policies: Annotated[
+        str, typer.Option(help="Rankers: JSON PolicyConfig overrides to score with ({}: what the bento serves).")
+    ] = "{}",
 ) -> None:
     """Evaluate candidates per cold-start slice against the champion; report to MLflow; apply the gate.
 
@@ -40,8 +46,9 @@ def evaluate(
     from pipelines.evaluation.api import evaluate_for_run
 
     _settings()
-    config = {"slices": json.loads(slices), "gate": json.loads(gate), "n_bootstrap": bootstrap,
-              "eval_days": eval_days, "max_users": max_users}  # fmt: skip
+    gate_overrides = json.loads(gate) | ({"allow_skipped_cold_checks": True} if allow_skipped_cold_checks else {})
+    config = {"slices": json.loads(slices), "gate": gate_overrides, "n_bootstrap": bootstrap,
+              "eval_days": eval_days, "max_users": max_users, "policies": json.loads(policies)}  # fmt: skip
     blocked = False
     for name in model:
         out = evaluate_for_run(name, dataset, start.date() if start else None, end.date() if end else None, config)

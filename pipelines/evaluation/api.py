@@ -4,7 +4,8 @@ The model's family scores the contest (its ``evaluate`` hook: the rankers on the
 window, MeLU on MovieLens-1M's four scenarios); what follows is the same for every family. Each evaluation is one
 MLflow run in the experiment ``coldstart_evaluation`` holding the JSON and HTML report; the gate's outcome is set
 as tags on that run and on the model version, and a pass points the alias ``approved`` at the version for the
-promote DAG.
+promote DAG. Each cold slice's entry in ``evaluation.json`` lists the gate's checks that ran on it and those
+skipped, with the reasons (``checks``); the rankers' also say how its rows were scored (``scoring``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def evaluate_model(settings: Settings, model: str, dataset: str = "sim", start: 
         return scored
     gate = decide(scored["slices"], scored["cold_slices"], game.gate, game.champion is not None)
     gate["champion_version"] = str(game.champion.version) if game.champion else None
+    for name, coverage in gate["cold_coverage"].items():  # each cold slice says which of its checks ran
+        scored["slices"].setdefault(name, {"count": 0, "tasks": {}})["checks"] = coverage
     result = {
         "model": game.model.name,
         "registered_model": game.model.registered_name,
@@ -150,10 +153,13 @@ def _tag_version(client, name: str, version: str, gate: dict, run_id: str, key: 
 
 
 def evaluation_key(cfg: EvaluationConfig, gate_cfg: GateConfig, dataset: str, start: dt.date, end: dt.date,
-                   champion) -> str:  # fmt: skip
-    """What identifies an evaluation: its config, gate, data window and the champion it was compared with."""
+                   champion, scoring: Any = None) -> str:  # fmt: skip
+    """What identifies an evaluation: its config, gate, data window, the champion it was compared with and what
+    the family scores with beyond the config (``scoring``, e.g. the serving policies the rankers resolve)."""
     parts = [cfg.model_dump(mode="json"), gate_cfg.model_dump(mode="json"), dataset, str(start), str(end),
              str(champion.version) if champion else None]  # fmt: skip
+    if scoring is not None:
+        parts.append(scoring)
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
 

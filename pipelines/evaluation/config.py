@@ -52,7 +52,7 @@ RANKER_CHECKS = ("ctr:auc", "ctcvr:auc")
 
 
 class GateConfig(BaseModel):
-    """Tolerances and floors of the gate; ``checks`` are ``task:metric`` pairs."""
+    """Tolerances and floors of the gate; ``checks`` are ``task:metric`` pairs (see ``pipelines.evaluation.gate``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,8 +60,22 @@ class GateConfig(BaseModel):
     overall_tolerance: float = Field(0.005, ge=0)
     cold_tolerance: float = Field(0.01, ge=0)
     floors: dict[str, float] = Field(default_factory=lambda: {"ctr:auc": 0.55, "ctcvr:auc": 0.55})
+    cold_floors: dict[str, float] | None = Field(
+        None, description="Floors every cold slice must clear when there is no champion; None: the same as "
+        "`floors`, {}: none (a first model's cold checks are then skipped).",
+    )  # fmt: skip
     min_count: int = Field(500, ge=1)
     min_positives: int = Field(10, ge=1)
+    allow_skipped_cold_checks: bool = Field(
+        False, description="Pass a candidate even when some cold slice had no check that could run (too small, "
+        "not computable, or nothing to compare with); by default such a slice blocks the gate.",
+    )  # fmt: skip
+
+    def floors_for(self, slice_name: str) -> dict[str, float]:
+        """The absolute floors of ``slice_name`` when there is no champion: ``floors`` overall, else cold ones."""
+        if slice_name == "overall" or self.cold_floors is None:
+            return self.floors
+        return self.cold_floors
 
     @field_validator("checks")
     @classmethod
@@ -96,3 +110,15 @@ class EvaluationConfig(BaseModel):
     calibration_bins: int = Field(10, ge=2)
     max_users: int | None = Field(None, ge=1, description="MeLU: users per scenario (all by default).")
     tasks: tuple[str, ...] = ("ctr", "cvr", "ctcvr")
+    policies: dict[str, Any] = Field(
+        default_factory=dict, description="Rankers: PolicyConfig overrides on top of what the ranker bento serves "
+        "(the `ranker_policies` setting), e.g. {\"new_item_embedding\": \"default\"}.",
+    )  # fmt: skip
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, policies: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.serving.policies import PolicyConfig  # numpy: not at DAG parse time
+
+        PolicyConfig(**policies)  # unknown keys and bad values fail here
+        return policies

@@ -1,7 +1,17 @@
 """How a ranker is scored for evaluation: on clean impressions of the days *after* its training window (read
 from the candidate run's ``lineage.end`` tag), joined point-in-time to their features through Feast, sliced by
 cold-start segment, each task (CTR, CVR on clicked rows, CTCVR) with bootstrap intervals and, from the
-simulator's truth layer, the gap to the true probabilities. The ranker family's ``evaluate`` hook."""
+simulator's truth layer, the gap to the true probabilities. The ranker family's ``evaluate`` hook.
+
+Each version is scored through the code the ranker bento serves with (:meth:`RankerCore.score_frame`, the
+encoding, new-item embedding and forward pass of ``/rank``), with the policies the bento serves (the
+``ranker_policies`` setting, and the evaluation's ``policies`` overrides) and the known-items table the bento packs
+(:func:`~pipelines.serving.ranker_bento.known_items`) as of the version's training end: a new item of the held-out
+days is scored on a content-kNN row as served, not on row 0 of the raw model. Rows of users the feature store does
+not know take serving's new-user path. Which path scored each cold slice (content-kNN vs default rows, new-user
+rows) is recorded per slice. A model that is not a torch ranker (no encoder and network) is scored by its
+pyfunc's ``predict``, and the report says so.
+"""
 
 from __future__ import annotations
 
@@ -51,12 +61,98 @@ def held_out_window(data: Store, train_end: dt.date | None, start: dt.date | Non
     return start, end
 
 
-def _predict(uri: str, frame: pd.DataFrame, chunk: int = 200_000) -> pd.DataFrame:
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    parts = [model.predict(None, frame.iloc[i : i + chunk]) for i in range(0, len(frame), chunk)]
+def _pyfunc_predict(wrapper, frame: pd.DataFrame, chunk: int = 200_000) -> pd.DataFrame:
+    parts = [wrapper.predict(None, frame.iloc[i : i + chunk]) for i in range(0, len(frame), chunk)]
     return pd.concat(parts, ignore_index=True)
+
+
+def train_end_of(contest: Contest, version) -> dt.date | None:
+    """The last day of ``version``'s training window (its run's ``lineage.end`` tag), or None."""
+    tags = contest.client.get_run(version.run_id).data.tags
+    return dt.date.fromisoformat(tags["lineage.end"]) if "lineage.end" in tags else None
+
+
+def serving_policy(contest: Contest):
+    """The PolicyConfig the ranker bento serves (the ``ranker_policies`` setting), with the evaluation's overrides."""
+    from pipelines.serving.policies import PolicyConfig
+
+    return PolicyConfig(**{**contest.settings.ranker_policies, **contest.config.policies})
+
+
+def score_version(contest: Contest, version, frame: pd.DataFrame, policy, start: dt.date) -> tuple[pd.DataFrame, dict]:
+    """One version's scores of ``frame`` and how it was scored.
+
+    A torch ranker goes through :class:`RankerCore` with ``policy`` and the known items as of its training end
+    (never later than the day before ``start``: no stats of the held-out days); any other pyfunc through its own
+    ``predict``.
+    """
+    import mlflow
+    import torch
+
+    from pipelines.serving.ranker import RankerCore
+    from pipelines.serving.ranker_bento import known_items
+
+    wrapper = mlflow.pyfunc.load_model(f"models:/{contest.model.registered_name}/{version.version}")
+    wrapper = wrapper.unwrap_python_model()
+    if not (hasattr(wrapper, "encoder") and isinstance(getattr(wrapper, "model", None), torch.nn.Module)):
+        why = "not a torch ranker (no encoder and network): the pyfunc scores its own rows"
+        return _pyfunc_predict(wrapper, frame), {"path": "pyfunc.predict", "why": why}
+    as_of = min(train_end_of(contest, version) or start, start - dt.timedelta(days=1))
+    knn = policy.new_item_embedding == "content_knn"  # the default policy reads no neighbours
+    items = known_items(contest.settings.home, contest.dataset, as_of) if knn else None
+    core = RankerCore(wrapper, items=items, config=policy, version=str(version.version))
+    scores = core.score_frame(frame)
+    pool = int(len(core.knn[0].item_ids)) if core.knn else 0
+    return scores, {"path": "RankerCore.score_frame", "known_items_as_of": as_of.isoformat(),
+                    "known_items": 0 if items is None else int(len(items)), "knn_neighbour_pool": pool}  # fmt: skip
+
+
+def scoring_paths(masks: dict[str, np.ndarray], scores: dict[str, pd.DataFrame], names: list[str]) -> dict:
+    """Per slice in ``names`` and scorer: how its rows were scored (see :meth:`RankerCore.score_frame`).
+
+    ``item_oov_rows`` are rows whose item the model never saw; of those, ``content_knn_rows`` were scored on a
+    content-kNN row and ``default_row_rows`` on the learned default row; ``new_user_rows`` took the new-user code
+    and ``user_default_row_rows`` the default user row. None when the scorer was a plain pyfunc.
+    """
+    out: dict = {}
+    for name in names:
+        mask = masks[name]
+        for who, s in scores.items():
+            if "item_oov" not in s:
+                out.setdefault(name, {})[who] = None
+                continue
+            flag = {k: int(s[k].to_numpy()[mask].sum()) for k in ("item_oov", "item_knn_row", "item_default_row",
+                                                                    "new_user_path", "user_oov")}  # fmt: skip
+            oov = flag["item_oov"]
+            out.setdefault(name, {})[who] = {
+                "rows": int(mask.sum()), "item_oov_rows": oov, "content_knn_rows": flag["item_knn_row"],
+                "default_row_rows": flag["item_default_row"],
+                "content_knn_share": flag["item_knn_row"] / oov if oov else None,
+                "new_user_rows": flag["new_user_path"], "user_default_row_rows": flag["user_oov"],
+            }  # fmt: skip
+    return out
+
+
+def serving_users(frame: pd.DataFrame, user_columns: list[str]) -> int:
+    """Make the rows of users the store has no features for what serving builds: no user features, and
+    ``is_new_user`` 1. In place (the frame is the evaluation's own: no copy of a large frame); returns how many
+    rows that touched.
+
+    Serving calls a user known when any scalar user feature is present (list features come back empty for an
+    unknown user), and otherwise drops them all and takes the new-user path
+    (:meth:`~pipelines.serving.ranker.RankerCore.rank`).
+    """
+    from pipelines.serving.features import _LIST_FEATURES
+
+    present = [c for c in user_columns if c in frame]
+    scalar = [c for c in present if c not in _LIST_FEATURES]
+    unknown = ~frame[scalar].notna().any(axis=1).to_numpy() if scalar else np.ones(len(frame), bool)
+    if unknown.any():  # its scalar features are null already: only lists (a recent-click history) and the flag change
+        for column in (c for c in present if c in _LIST_FEATURES):
+            frame.loc[unknown, column] = None
+        flag = frame["is_new_user"] if "is_new_user" in frame else pd.Series(np.nan, index=frame.index)
+        frame["is_new_user"] = np.where(unknown, 1.0, pd.to_numeric(flag, errors="coerce").to_numpy(float))
+    return int(unknown.sum())
 
 
 def _truth(data: Store, start: dt.date, end: dt.date) -> pd.DataFrame | None:
@@ -140,13 +236,18 @@ def calibration_curves(frame: pd.DataFrame, scores: dict, cfg: EvaluationConfig,
     return curves
 
 
-def evaluation_frame(contest: Contest, data: Store, start: dt.date, end: dt.date) -> tuple[pd.DataFrame, bool]:
-    """The held-out impressions with their point-in-time features, slicing quantities and (simulator) truth."""
+def evaluation_frame(contest: Contest, data: Store, start: dt.date, end: dt.date) -> tuple[pd.DataFrame, dict]:
+    """The held-out impressions with their point-in-time features (unknown users as serving builds them, see
+    :func:`serving_users`), slicing quantities and (simulator) truth; and facts about the frame (``has_truth``,
+    ``store_unknown_user_rows``)."""
     from pipelines.features.store import get_store
-    from pipelines.features.training_set import build_training_set
+    from pipelines.features.training_set import build_training_set, view_joins
+    from pipelines.serving.features import USER_VIEWS
 
-    settings = contest.settings
-    frame = build_training_set(get_store(settings, contest.dataset), data, start, end, EVAL_SERVICE)
+    store = get_store(contest.settings, contest.dataset)
+    frame = build_training_set(store, data, start, end, EVAL_SERVICE)
+    user_columns = [f for view in view_joins(store, EVAL_SERVICE) if view.name in USER_VIEWS for f in view.features]
+    unknown_users = serving_users(frame, user_columns)
     users = data.read_range("users", end=end, layer="clean", columns=["user_id", "signup_time"]).to_pandas()
     items = data.read_range("items", end=end, layer="clean", columns=["item_id", "publish_time"]).to_pandas()
     frame = annotate(frame, users, items)
@@ -155,36 +256,46 @@ def evaluation_frame(contest: Contest, data: Store, start: dt.date, end: dt.date
         frame = frame.merge(truth, on=["request_id", "position"], how="left")
         frame["true_ctr"], frame["true_cvr"] = frame.pop("p_click"), frame.pop("p_conversion_given_click")
         frame["true_ctcvr"] = frame["true_ctr"] * frame["true_cvr"]
-    return frame, truth is not None
+    return frame, {"has_truth": truth is not None, "store_unknown_user_rows": unknown_users}
 
 
 def score_ranker(contest: Contest) -> dict:
-    """The ranker family's ``evaluate`` hook: candidate and champion on the held-out days, per slice.
+    """The ranker family's ``evaluate`` hook: candidate and champion on the held-out days, per slice, each scored
+    as the ranker bento serves it (:func:`score_version`).
 
     Returns the recorded outcome instead (``reused``) when this exact evaluation already ran.
     """
     cfg, name = contest.config, contest.model.registered_name
-    tags = contest.client.get_run(contest.candidate.run_id).data.tags
-    train_end = dt.date.fromisoformat(tags["lineage.end"]) if "lineage.end" in tags else None
+    train_end = train_end_of(contest, contest.candidate)
     data = Store(contest.settings.data_dir, contest.dataset)
     start, end = held_out_window(data, train_end, contest.start, contest.end, cfg.eval_days)
-    key = evaluation_key(cfg, contest.gate, contest.dataset, start, end, contest.champion)
+    policy = serving_policy(contest)
+    key = evaluation_key(cfg, contest.gate, contest.dataset, start, end, contest.champion,
+                         policy.model_dump(mode="json"))  # fmt: skip
     recorded = recorded_evaluation(contest, key)
     if recorded is not None:
         log.info("%s v%s was evaluated with key %s: its recorded outcome stands", name, contest.candidate.version, key)
         return recorded
     log.info("evaluating %s v%s on %s %s..%s", name, contest.candidate.version, contest.dataset, start, end)
-    frame, has_truth = evaluation_frame(contest, data, start, end)
-    scores = {who: _predict(f"models:/{name}/{version.version}", frame) for who, version in contest.versions()}
+    frame, facts = evaluation_frame(contest, data, start, end)
+    scored = {who: score_version(contest, version, frame, policy, start) for who, version in contest.versions()}
+    scores = {who: s for who, (s, _) in scored.items()}
     slices = score_slices(frame, scores, cfg)
     cold = cold_slices(list(slices), cfg.slices)
+    for slice_name, paths in scoring_paths(slice_masks(frame, cfg.slices), scores, ["overall", *cold]).items():
+        slices[slice_name]["scoring"] = paths
     return {
         "dataset": contest.dataset,
         "window": {"start": start.isoformat(), "end": end.isoformat(), "train_end": str(train_end)},
         "rows": int(len(frame)),
         "slice_config": cfg.slices.model_dump(mode="json"),
         "cold_slices": cold,
-        "has_truth": has_truth,
+        "has_truth": facts["has_truth"],
+        "scoring": {
+            "policy": policy.model_dump(mode="json"),
+            "store_unknown_user_rows": facts["store_unknown_user_rows"],
+            "versions": {who: info for who, (_, info) in scored.items()},
+        },
         "slices": slices,
         "calibration": calibration_curves(frame, scores, cfg, ["overall", *[c for c in cold if "&" in c]]),
         "evaluation_key": key,

@@ -2,6 +2,8 @@
 
 Plots: the primary metric by slice for candidate and champion with intervals; the candidate − champion
 difference by slice with its interval and the gate's tolerances; calibration curves (overall and cold slices).
+A table of the cold slices says whether the gate could judge each, which checks ran and which were skipped (why),
+and how the slice's rows were scored (new items on content-kNN or default rows, rows on the new-user path).
 """
 
 from __future__ import annotations
@@ -135,9 +137,50 @@ def _gate(gate: dict) -> str:
         for c in gate["checks"]
     )
     champion = gate.get("champion_version")
-    who = f"Champion: version {champion}." if gate["has_champion"] else "No champion yet: absolute floors apply."
+    who = "No champion yet: absolute floors apply, on cold slices too."
+    if gate["has_champion"]:
+        who = f"Champion: version {champion}."
     return (f"<h2>Gate: {verdict}</h2><p>{who}</p>"
             f"<table><tr><th>slice</th><th>check</th><th>outcome</th><th>reason</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _paths(scoring: dict | None) -> str:
+    """How a slice's rows were scored, per scorer (rankers): new items on content-kNN vs default rows, new users."""
+    cells = []
+    for who, p in (scoring or {}).items():
+        if p is None:
+            cells.append(f"{who}: its pyfunc's predict")
+            continue
+        share = "–" if p["content_knn_share"] is None else f"{p['content_knn_share']:.0%}"
+        cells.append(f"{who}: {p['item_oov_rows']} of {p['rows']} rows on unseen items ({p['content_knn_rows']} "
+                     f"content-kNN, {p['default_row_rows']} default row; kNN share {share}); "
+                     f"{p['new_user_rows']} on the new-user path")  # fmt: skip
+    return "<br>".join(html.escape(c) for c in cells) or "–"
+
+
+def _cold(result: dict) -> str:
+    """Per cold slice: whether the gate judged it, the checks that ran and those skipped (why), how it was scored."""
+    rows = []
+    for name in result.get("cold_slices", []):
+        entry = result["slices"].get(name, {})
+        checks = entry.get("checks", {"ran": [], "skipped": [], "judged": False})
+        skipped = "<br>".join(html.escape(f"{s['check']}: {s['reason']}") for s in checks["skipped"]) or "–"
+        rows.append(f"<tr class='{'pass' if checks['judged'] else 'fail'}'><td>{html.escape(name)}</td>"
+                    f"<td>{entry.get('count', 0)}</td><td>{'yes' if checks['judged'] else 'NO'}</td>"
+                    f"<td>{html.escape(', '.join(checks['ran'])) or '–'}</td><td>{skipped}</td>"
+                    f"<td>{_paths(entry.get('scoring'))}</td></tr>")  # fmt: skip
+    gate = result["gate"]
+    allowed = "A cold slice no check could judge blocks the gate."
+    if gate.get("allow_skipped_cold_checks"):
+        allowed = "Cold slices no check could judge are allowed (allow_skipped_cold_checks)."
+    scoring, policy = result.get("scoring") or {}, ""
+    if "policy" in scoring:
+        policies, versions = json.dumps(scoring["policy"]), json.dumps(scoring.get("versions", {}))
+        policy = (f"<p>Scored as the ranker bento serves: policies <code>{html.escape(policies)}</code>; per version "
+                  f"<code>{html.escape(versions)}</code></p>")  # fmt: skip
+    head = ("<tr><th>cold slice</th><th>rows</th><th>judged</th><th>checks that ran</th><th>skipped (why)</th>"
+            "<th>how its rows were scored</th></tr>")  # fmt: skip
+    return f"<h2>Cold slices</h2><p>{allowed}</p>{policy}<table>{head}{''.join(rows)}</table>"
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}
@@ -160,7 +203,7 @@ def write_report(result: dict, out_dir: Path, primary: tuple[str, str], toleranc
         f"<h1>{html.escape(title)}</h1><p>Dataset {html.escape(str(result.get('dataset')))}; held-out window "
         f"{window.get('start', '–')} to {window.get('end', '–')}; {result.get('rows', '–')} rows. Slices: "
         f"<code>{html.escape(json.dumps(result.get('slice_config', {})))}</code></p>"
-        f"{_gate(result['gate'])}<h2>Plots</h2>{figures}<h2>All metrics</h2>{_table(result)}"
+        f"{_gate(result['gate'])}{_cold(result)}<h2>Plots</h2>{figures}<h2>All metrics</h2>{_table(result)}"
     )
     paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                              f"<style>{STYLE}</style></head><body>{body}</body></html>")  # fmt: skip

@@ -204,24 +204,13 @@ class PlatformFeed:
         return slate
 
     def score(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """pCTR, fused score and out-of-vocabulary flag of every (request, candidate) pair, each [n, k]."""
-        import torch
-
-        frame = self.frame(users, items)
-        batch = self.core.encoder.transform(frame)
-        self.core._new_item_rows(frame, batch["sparse"])
-        outs = []
-        with torch.no_grad():
-            for start in range(0, len(frame), CHUNK):
-                chunk = {k: _rows(v, start, start + CHUNK) for k, v in batch.items()}
-                out = self.core.model(chunk)
-                outs.append(np.stack([out[k].numpy().astype(np.float64) for k in ("p_ctr", "p_cvr", "p_ctcvr")]))
-        p = np.concatenate(outs, axis=1)
-        base = fuse(p[0], p[1], p[2], self.arms[0])
-        vocab = self.core.encoder.vocab["item_id"]
-        unknown = np.array([str(i) not in vocab for i in items.ravel().tolist()])
+        """pCTR, fused score and out-of-vocabulary flag of every (request, candidate) pair, each [n, k], through
+        :meth:`~pipelines.serving.ranker.RankerCore.score_frame` (the path ``/rank`` and evaluation score with)."""
+        scored = self.core.score_frame(self.frame(users, items), chunk=CHUNK)
+        p_ctr, p_cvr, p_ctcvr = (scored[k].to_numpy() for k in ("p_ctr", "p_cvr", "p_ctcvr"))
+        base = fuse(p_ctr, p_cvr, p_ctcvr, self.arms[0])
         shape = items.shape
-        return p[0].reshape(shape), base.reshape(shape), unknown.reshape(shape)
+        return p_ctr.reshape(shape), base.reshape(shape), scored["item_oov"].to_numpy().reshape(shape)
 
     def frame(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
         """The scoring frame: one row per (request, candidate), user features repeated over the candidates."""
@@ -246,10 +235,3 @@ class PlatformFeed:
         else:
             frame["is_new_user"] = np.where(known, None, 1)
         return frame
-
-
-def _rows(value, start: int, stop: int):
-    """Rows [start, stop) of a batch entry (a tensor, or a list of tensors for multi-hot fields)."""
-    if isinstance(value, list | tuple):
-        return type(value)(_rows(v, start, stop) for v in value)
-    return value[start:stop]

@@ -4,7 +4,9 @@
 default user embedding, POSO's "new" code), an unknown item the default item embedding, or, with the
 ``content_knn`` policy and a known content vector, the mean ID embedding of its most content-similar
 well-exposed items. Scores fuse pCTR, pCVR and pCTCVR, then the boost / guaranteed-exposure policies touch new
-items; each ranked item says which policies touched it.
+items; each ranked item says which policies touched it. ``RankerCore.score_frame`` is the same encoding, new-item
+embedding and forward pass over a frame of many users × items, in chunks: what offline evaluation and the simulated
+platform feed score with, so what they measure is what ``rank`` serves.
 
 Guaranteed exposure runs in one of two modes. Given a :class:`~pipelines.serving.nearline.NearlineState`, the
 core reads the state every worker shares (:class:`~pipelines.serving.nearline.SharedExposureController`): items,
@@ -37,6 +39,9 @@ from pipelines.serving.policies import (
 from pipelines.training.dataset import SPARSE
 
 ITEM_FIELD = SPARSE.index("item_id")
+TASKS = ("p_ctr", "p_cvr", "p_ctcvr")
+FLAGS = ("item_oov", "item_knn_row", "item_default_row", "user_oov", "new_user_path")  # how score_frame scored a row
+CHUNK = 65_536  # rows encoded and scored at once by score_frame: bounds the tensors' memory
 
 
 class RankerCore:
@@ -78,7 +83,7 @@ class RankerCore:
                         known["item_id"].to_numpy(), np.stack(known["content_vector"].map(np.asarray)),
                         known["exposures_total"].to_numpy(float), table.weight.detach().numpy()[index],
                         k=self.config.knn_k, min_exposures=self.config.knn_min_exposures,
-                        default=table.weight.detach().numpy()[0],
+                        default=table.weight.detach().numpy()[0], min_similarity=self.config.knn_min_similarity,
                     )
                     for table in self._tables
                 ]  # fmt: skip
@@ -102,28 +107,75 @@ class RankerCore:
         columns |= {k: [v] * n if isinstance(v, list | np.ndarray) else np.repeat(v, n) for k, v in user.items()}
         return pd.DataFrame(columns), known  # one constructor call: column-by-column assignment costs ~10 ms
 
-    def _new_item_rows(self, frame: pd.DataFrame, sparse: torch.Tensor) -> list[bool]:
-        """Point unknown items with a content vector at content-similar embeddings; returns which were."""
-        vocab = self.encoder.vocab["item_id"]
-        touched = [False] * len(frame)
+    def _new_item_rows(self, frame: pd.DataFrame, sparse: torch.Tensor) -> np.ndarray:
+        """Point unknown items with a content vector at content-similar embeddings; returns which rows were.
+
+        Each new item gets one appended row (its first row's content vector), the first time it is seen, while
+        fewer than ``max_new_item_rows`` were appended; later rows of the item reuse it. The rows of one call
+        are appended in one copy of each table, in order of first appearance (as one at a time would).
+        """
+        touched = np.zeros(len(frame), dtype=bool)
         if self.knn is None or "content_vector" not in frame:
             return touched
-        for row, (item_id, vector) in enumerate(zip(frame["item_id"], frame["content_vector"], strict=True)):
-            if str(item_id) in vocab or not isinstance(vector, list | np.ndarray) or len(vector) == 0:
+        rows = np.flatnonzero(sparse[:, ITEM_FIELD].numpy() == 0)  # out of vocabulary (or no id)
+        ids = frame["item_id"].to_numpy()[rows]
+        vectors = frame["content_vector"].to_numpy()[rows]
+        with_vector: dict[int, Any] = {}  # item id -> its first content vector, in order of first appearance
+        for item_id, vector in zip(ids.tolist(), vectors.tolist(), strict=True):
+            if pd.isna(item_id) or not isinstance(vector, list | np.ndarray) or len(vector) == 0:
                 continue
-            with self._lock:
-                index = self._extra.get(int(item_id))
-                if index is None and len(self._extra) < self.config.max_new_item_rows:
-                    content = np.asarray(vector, dtype=np.float32)[None, :]
-                    for table, knn in zip(self._tables, self.knn, strict=True):
-                        grown, index = extend_table(table.weight.data, knn.embed(content))
-                        table.weight = torch.nn.Parameter(grown, requires_grad=False)
-                        table.num_embeddings = grown.shape[0]
-                    self._extra[int(item_id)] = index
-            if index is not None:
-                sparse[row, ITEM_FIELD] = index
+            with_vector.setdefault(int(item_id), vector)
+        if not with_vector:
+            return touched
+        with self._lock:
+            room = max(0, self.config.max_new_item_rows - len(self._extra))
+            fresh = [i for i in with_vector if i not in self._extra][:room]
+            if fresh:
+                content = np.stack([np.asarray(with_vector[i], dtype=np.float32) for i in fresh])
+                for table, knn in zip(self._tables, self.knn, strict=True):
+                    grown, first = extend_table(table.weight.data, knn.embed(content))
+                    table.weight = torch.nn.Parameter(grown, requires_grad=False)
+                    table.num_embeddings = grown.shape[0]
+                self._extra.update({item_id: first + j for j, item_id in enumerate(fresh)})
+            index = {i: self._extra[i] for i in with_vector if i in self._extra}
+        for row, item_id in zip(rows.tolist(), ids.tolist(), strict=True):
+            if not pd.isna(item_id) and int(item_id) in index:
+                sparse[row, ITEM_FIELD] = index[int(item_id)]
                 touched[row] = True
         return touched
+
+    def score_frame(self, frame: pd.DataFrame, chunk: int = CHUNK) -> pd.DataFrame:
+        """Score every row of ``frame`` (many users × items) the way :meth:`rank` scores a request's candidates.
+
+        The rows carry the features ``rank`` would assemble (user and item features, ``item_id``, ``user_id``,
+        ``content_vector``); a user the feature store does not know is expected with no user features and
+        ``is_new_user`` = 1, as ``rank`` builds it. Encoding, content-kNN rows for new items and the forward pass
+        run ``chunk`` rows at a time. Policies that act on the fused score (boost, guaranteed exposure) are
+        not applied: the probabilities are the model's.
+
+        Returns:
+            One row per row of ``frame`` (a fresh RangeIndex): ``p_ctr``, ``p_cvr``, ``p_ctcvr`` (float64) and
+            how the row was scored: ``item_oov`` (the item is out of the model's vocabulary), ``item_knn_row``
+            (it was scored with a content-kNN row), ``item_default_row`` (out of vocabulary, on the learned
+            default row 0), ``user_oov`` (the user is out of the vocabulary: default user row 0) and
+            ``new_user_path`` (the new-user code, ``is_new_user``, was on).
+        """
+        parts = []
+        for start in range(0, len(frame), chunk):
+            part = frame.iloc[start : start + chunk]
+            batch = self.encoder.transform(part)
+            oov = batch["sparse"][:, ITEM_FIELD].numpy() == 0  # before _new_item_rows re-points them
+            knn = self._new_item_rows(part, batch["sparse"])
+            with torch.no_grad():
+                out = self.model(batch)
+            columns = {k: out[k].numpy().astype(np.float64) for k in TASKS}
+            user_oov, new_user = batch["user"].numpy() == 0, batch["pc"][:, 1].numpy() > 0  # pc: (views, new, days)
+            columns |= {"item_oov": oov, "item_knn_row": knn, "item_default_row": oov & ~knn, "user_oov": user_oov,
+                        "new_user_path": new_user}  # fmt: skip
+            parts.append(pd.DataFrame(columns))
+        if not parts:
+            return pd.DataFrame({k: np.zeros(0, float) for k in TASKS} | {k: np.zeros(0, bool) for k in FLAGS})
+        return pd.concat(parts, ignore_index=True)
 
     def rank(self, user_id: int, candidates: list[int], user_features: dict | None = None,
              item_features: dict[int, dict] | None = None, now: dt.datetime | None = None,
@@ -132,15 +184,12 @@ class RankerCore:
         now = now or dt.datetime.now(dt.UTC)
         candidates = list(dict.fromkeys(int(c) for c in candidates))
         frame, known_user = self._frame(int(user_id), candidates, user_features, item_features)
-        batch = self.encoder.transform(frame)
-        embedded = self._new_item_rows(frame, batch["sparse"])
-        with torch.no_grad():
-            out = self.model(batch)
-        p_ctr, p_cvr, p_ctcvr = (out[k].numpy().astype(np.float64) for k in ("p_ctr", "p_cvr", "p_ctcvr"))
+        scored = self.score_frame(frame)
+        p_ctr, p_cvr, p_ctcvr = (scored[k].to_numpy() for k in TASKS)
+        embedded = scored["item_knn_row"].to_numpy()
         base = fuse(p_ctr, p_cvr, p_ctcvr, self.config)
         age = _age_hours(frame, now)
-        vocab = self.encoder.vocab["item_id"]
-        unknown = np.array([str(i) not in vocab for i in candidates])
+        unknown = scored["item_oov"].to_numpy()
         local = isinstance(self.controller, ExposureController)  # else near-line: registered and counted from logs
         authors = _author_scores(frame, self.config.exposure) if local else None
         scores, touched = apply_policies(base, np.asarray(candidates), age, self.controller, now, self.config,

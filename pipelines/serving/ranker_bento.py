@@ -3,6 +3,7 @@ family's ``side_data`` and ``smoke_requests`` hooks."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,43 @@ from pipelines.serving.smoke import UNKNOWN_ID
 from pipelines.settings import Settings
 
 
-def side_data(settings: Settings, model: Model, target: Path) -> None:
-    """Latest content vectors and exposures of known items, for content-similar new-item embeddings."""
+def known_items(home: Path, dataset: str = "sim", until: dt.date | None = None) -> pd.DataFrame | None:
+    """Items' content vectors and exposures, what the ranker's ``content_knn`` policy picks neighbours from.
+
+    The bento packs it as of its build (``until`` None: every day's features); evaluation reads it as of the
+    scored model's training end, so no item stats of the held-out days leak into how new items are scored.
+
+    Args:
+        home: the platform home (its ``features/<dataset>`` tables).
+        dataset: the dataset whose feature tables to read.
+        until: the last feature day to read (content rows published up to it, the item-stats snapshot of the
+            latest day up to it); None: all.
+
+    Returns:
+        ``item_id``, ``content_vector`` (float32 lists) and ``exposures_total`` (0 for an item without stats), one
+        row per item (its latest content row); None when there are no content or stats tables yet.
+    """
     from pipelines.features.compute import FeatureLayout
 
-    layout = FeatureLayout.for_dataset(settings.home, "sim")
-    content_days, stats_days = layout.days("item_content"), layout.days("item_stats")
+    layout = FeatureLayout.for_dataset(home, dataset)
+    content_days = [d for d in layout.days("item_content") if until is None or d <= until]
+    stats_days = [d for d in layout.days("item_stats") if until is None or d <= until]
     if not content_days or not stats_days:
-        return
+        return None
     content = pd.concat([pd.read_parquet(layout.path("item_content", d), columns=["item_id", "content_vector"])
                          for d in content_days]).drop_duplicates("item_id", keep="last")  # fmt: skip
     stats = pd.read_parquet(layout.path("item_stats", stats_days[-1]), columns=["item_id", "exposures_total"])
     items = content.merge(stats, on="item_id", how="left").fillna({"exposures_total": 0})
     items["content_vector"] = items["content_vector"].map(lambda v: np.asarray(v, dtype=np.float32).tolist())
-    items.to_parquet(target / "items.parquet")
+    return items.reset_index(drop=True)
+
+
+def side_data(settings: Settings, model: Model, target: Path) -> None:
+    """Latest content vectors and exposures of known items (:func:`known_items`), for content-similar new-item
+    embeddings."""
+    items = known_items(settings.home, "sim")
+    if items is not None:
+        items.to_parquet(target / "items.parquet")
 
 
 def smoke_requests(settings: Settings, model: Model) -> list[dict]:

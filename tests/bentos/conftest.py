@@ -34,8 +34,10 @@ def ranker_tag(bento_settings) -> str:
 
     from ..model.test_training import synthetic_frame
 
-    result = train_model(bento_settings, "esmm", synthetic_frame(4000, seed=1), {"tower": [16]},
-                         {"epochs": 2, "batch_size": 256, "seed": 3}, {"dataset": "synthetic"})  # fmt: skip
+    # min_count_item 1: every item of the small frame has its own row (the golden ranking's items are known).
+    train = {"epochs": 2, "batch_size": 256, "seed": 3, "min_count_item": 1}
+    result = train_model(bento_settings, "esmm", synthetic_frame(4000, seed=1), {"tower": [16]}, train,
+                         {"dataset": "synthetic"})  # fmt: skip
     return import_model(bento_settings, "esmm", result["version"])
 
 

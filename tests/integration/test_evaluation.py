@@ -1,4 +1,8 @@
-"""Held-out evaluation through the real Feast store and MLflow registry: report, gate, aliases and tags."""
+"""Held-out evaluation through the real Feast store and MLflow registry: report, gate, aliases and tags; new items
+scored as the ranker bento serves them; cold slices that no check could judge block unless allowed.
+
+On this small platform (1,500 users, one held-out day) the new-user slices have a few hundred rows, under the
+gate's ``min_count``: they cannot be judged, so the tests that expect a pass set the allowance (``ALLOW``)."""
 
 from __future__ import annotations
 
@@ -7,14 +11,21 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
-from pipelines.evaluation.api import EvaluationConfig, EvaluationError, evaluate_model, set_champion
+from pipelines.data.contract import Store
+from pipelines.evaluation.api import EvaluationConfig, EvaluationError, contest, evaluate_model, set_champion
+from pipelines.evaluation.rankers import evaluation_frame, score_version, serving_policy
+from pipelines.serving.ranker import RankerCore
+from pipelines.serving.ranker_bento import known_items
 from pipelines.training.api import train_for_run
 from pipelines.training.registry import build_ranker, log_and_register
 
 QUICK = {"n_bootstrap": 30}
+ALLOW = {**QUICK, "gate": {"allow_skipped_cold_checks": True}}
+NEW_USER_SLICES = ["user=new", "user=new&item=new", "user=new&item=warm"]
 NAME = "coldstart_esmm"
 
 
@@ -70,11 +81,19 @@ def register_copy(version: str, degrade: bool) -> str:
 
 def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, trained, registry) -> None:
     settings = platform.settings
-    result = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
+    # The new-user slices are too small to judge: without the allowance the gate blocks and says so.
+    strict = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
+    assert not strict["gate"]["passed"] and len(strict["gate"]["reasons"]) == 1
+    reason = strict["gate"]["reasons"][0]
+    assert reason.startswith(f"no cold-slice check could run on {', '.join(NEW_USER_SLICES)}: ")
+    assert "too small to judge" in reason and "allow_skipped_cold_checks" in reason
+    assert registry.get_model_version(NAME, trained).tags["gate"] == "blocked"
+
+    result = evaluate_model(settings, "esmm", config=EvaluationConfig(**ALLOW))
     assert result["window"] == {"start": "2026-01-04", "end": "2026-01-04", "train_end": "2026-01-03"}
     assert result["champion"] is None and result["has_truth"]
     assert result["gate"]["passed"], result["gate"]["reasons"]
-    assert all("floor" in c for c in result["gate"]["checks"] if c["slice"] == "overall")
+    assert all("floor" in c for c in result["gate"]["checks"] if c["outcome"] != "skipped")  # cold slices too
     overall = result["slices"]["overall"]["tasks"]
     assert overall["ctr"]["count"] == result["rows"] and overall["cvr"]["count"] == overall["ctr"]["positives"]
     assert 0 < overall["ctr"]["oracle"]["oracle_auc"] <= 1 and "entire_space_auc_candidate" in overall["cvr"]["oracle"]
@@ -88,6 +107,21 @@ def test_first_evaluation_uses_floors_writes_the_report_and_approves(platform, t
     assert list(saved["slices"]) == expected
     for name in expected:
         assert f"<td>{name.replace('&', '&amp;')}</td>" in html
+    # Each cold slice lists the checks that ran and those skipped (why), and how its rows were scored.
+    assert saved["cold_slices"] == [*NEW_USER_SLICES[:1], "item=new", *NEW_USER_SLICES[1:], "user=warm&item=new",
+                                    "exposure=low"]  # fmt: skip
+    for name in saved["cold_slices"]:
+        checks = saved["slices"][name]["checks"]
+        assert checks["judged"] == (name not in NEW_USER_SLICES), (name, checks)
+        assert sorted(checks["ran"] + [s["check"] for s in checks["skipped"]]) == ["ctcvr:auc", "ctr:auc"]
+        assert all(s["reason"].startswith("too small to judge") for s in checks["skipped"])
+    assert saved["slices"]["item=new"]["checks"]["ran"] == ["ctr:auc", "ctcvr:auc"]
+    paths = saved["slices"]["item=new"]["scoring"]["candidate"]
+    assert paths["item_oov_rows"] > 0 and paths["content_knn_rows"] == paths["item_oov_rows"]  # served: content kNN
+    assert saved["slices"]["user=new"]["scoring"]["candidate"]["new_user_rows"] == saved["slices"]["user=new"]["count"]
+    assert saved["scoring"]["policy"]["new_item_embedding"] == "content_knn"
+    assert saved["scoring"]["versions"]["candidate"]["known_items_as_of"] == "2026-01-03"
+    assert "<h2>Cold slices</h2>" in html and "<td>user=new</td><td>" in html and "content-kNN" in html
     assert html.count("data:image/png;base64,") >= 2 and "http" not in html.replace("http-equiv", "")
     client = registry
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
@@ -103,7 +137,7 @@ def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trai
     client.set_registered_model_alias(NAME, "approved", trained)  # the gate passed it, as a first evaluation does
     assert set_champion(settings, "esmm", trained)["champion"] == trained
     degraded = register_copy(trained, degrade=True)
-    blocked = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
+    blocked = evaluate_model(settings, "esmm", config=EvaluationConfig(**ALLOW))
     assert blocked["candidate"]["version"] == degraded and blocked["champion"]["version"] == trained
     assert not blocked["gate"]["passed"]
     assert any(r.startswith("ctr:auc on overall") for r in blocked["gate"]["reasons"])
@@ -112,7 +146,7 @@ def test_gate_blocks_a_degraded_candidate_and_passes_an_equal_one(platform, trai
     assert client.get_run(blocked["run_id"]).data.tags["gate.passed"] == "false"
 
     equal = register_copy(trained, degrade=False)
-    passed = evaluate_model(settings, "esmm", config=EvaluationConfig(**QUICK))
+    passed = evaluate_model(settings, "esmm", config=EvaluationConfig(**ALLOW))
     assert passed["candidate"]["version"] == equal and passed["gate"]["passed"], passed["gate"]["reasons"]
     delta = passed["slices"]["overall"]["tasks"]["ctr"]["delta"]["auc"]
     assert delta["value"] == pytest.approx(0, abs=1e-9)
@@ -127,3 +161,34 @@ def test_windows_must_be_held_out_and_present(platform, registry) -> None:
         evaluate_model(settings, "esmm", start=dt.date(2026, 1, 9), config=EvaluationConfig(**QUICK))
     with pytest.raises(EvaluationError, match="no version with alias 'candidate'"):
         evaluate_model(settings, "ple", config=EvaluationConfig(**QUICK))
+
+
+def test_new_items_are_scored_as_the_ranker_bento_serves_them(platform, trained, registry) -> None:
+    """A held-out row of a new item: content-kNN row under the served policy, equal to ``RankerCore.rank`` for that
+    user and item; the default row, equal to the raw model, under ``new_item_embedding = "default"``."""
+    settings, day = platform.settings, platform.days[3]
+    game = contest(settings, "esmm", config=EvaluationConfig(**QUICK))
+    frame, _ = evaluation_frame(game, Store(settings.data_dir, "sim"), day, day)
+    policy = serving_policy(game)
+    scores, info = score_version(game, game.candidate, frame, policy, day)
+    assert info["path"] == "RankerCore.score_frame" and info["knn_neighbour_pool"] > 0
+    knn = np.flatnonzero(scores["item_knn_row"].to_numpy())
+    assert len(knn) and scores["item_oov"].to_numpy()[knn].all()
+    wrapper = mlflow.pyfunc.load_model(f"models:/{NAME}/{trained}").unwrap_python_model()
+    bento = RankerCore(wrapper, items=known_items(settings.home, "sim", platform.days[2]), config=policy)
+    for index in knn[:: max(1, len(knn) // 5)][:5]:
+        row = frame.iloc[index]
+        features = {k: v for k, v in row.items() if k != "item_id"}  # the row's own user and item features
+        answer = bento.rank(int(row["user_id"]), [int(row["item_id"])], user_features=features)
+        served = answer["items"][0]
+        assert served["policies"][0] == "new_item_embedding"
+        for task in ("p_ctr", "p_cvr", "p_ctcvr"):
+            assert served[task] == pytest.approx(scores[task].iloc[index], rel=1e-5)
+
+    default_cfg = EvaluationConfig(**QUICK, policies={"new_item_embedding": "default"})
+    default_game = contest(settings, "esmm", config=default_cfg)
+    default, _ = score_version(default_game, game.candidate, frame, serving_policy(default_game), day)
+    assert default["item_knn_row"].sum() == 0 and default["item_default_row"].sum() == scores["item_oov"].sum()
+    raw = mlflow.pyfunc.load_model(f"models:/{NAME}/{trained}").unwrap_python_model().predict(None, frame.iloc[knn])
+    np.testing.assert_allclose(default["p_ctr"].to_numpy()[knn], raw["p_ctr"], rtol=1e-5)
+    assert not np.allclose(scores["p_ctr"].to_numpy()[knn], raw["p_ctr"])  # the kNN rows change what is scored

@@ -141,7 +141,8 @@ def _slices(cand_auc: float, champ_auc: float, cold_cand: float, count: int = 10
 
 
 def test_gate_decisions() -> None:
-    cfg = GateConfig(checks=("ctr:auc",), overall_tolerance=0.005, cold_tolerance=0.02, floors={"ctr:auc": 0.6})
+    cfg = GateConfig(checks=("ctr:auc",), overall_tolerance=0.005, cold_tolerance=0.02, floors={"ctr:auc": 0.6},
+                     cold_floors={}, allow_skipped_cold_checks=True)  # fmt: skip
     cold = ["user=new", "item=new"]
     equal = decide(_slices(0.70, 0.70, 0.70), cold, cfg, has_champion=True)
     assert equal["passed"] and [c["outcome"] for c in equal["checks"]] == ["pass", "pass", "skipped"]
