@@ -9,7 +9,9 @@ with bootstrap intervals, and the gap to the simulator's true probabilities, go 
 logged to an MLflow run in `coldstart_evaluation`.
 
 Each version is scored through the ranker bento's own code (`RankerCore.score_frame`, with the policies it serves
-and its known-items table as of the version's training end), so new items are scored on content-kNN rows as served.
+and its known-items table as of the version's training end), so new items are scored on content-kNN rows as served
+(neighbours in the champion content tower's space when there is one, else the raw content vectors; the report's
+scoring info says which).
 
 `promotion_gate` then applies the gate: overall and every cold slice must not regress beyond tolerance against the
 champion (absolute floors, on cold slices too, when there is none), and every cold slice must have been judged by at
@@ -70,7 +72,7 @@ def _config(params: dict) -> dict:
         "models": Param(
             ["esmm", "ple"],
             type="array",
-            items={"type": "string", "enum": catalog_models()},
+            items={"type": "string", "enum": catalog_models(hook="evaluate")},
             description="Models whose candidate to evaluate (default: those the triggering run trained).",
         ),
         "dataset": Param("sim", type="string", pattern="^[a-z0-9_]+$"),

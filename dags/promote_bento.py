@@ -38,7 +38,7 @@ STAGING = Asset("coldstart_staging_bentos")
         "models": Param(
             ["esmm"],
             type="array",
-            items={"type": "string", "enum": catalog_models()},
+            items={"type": "string", "enum": catalog_models(hook="evaluate")},
             description="Models to promote (default: those the triggering gate approved).",
         ),
         "version": Param(None, type=["null", "string"], description="A version to promote (default: `approved`)."),

@@ -11,6 +11,11 @@ resolved config, per-epoch metrics, feature service, data interval and fingerpri
 with alias `candidate`, which emits the `coldstart_candidate_models` Asset. A killed task resumes from its last
 epoch checkpoint on retry.
 
+Models whose outputs the others read (the content tower, whose vectors the rankers' similar-item init uses)
+train first, in a task of their own (`train_upstream`): the tower sets its own `champion` alias when its held-out
+triplet accuracy clears a floor, writes every item's vector to Feast, and emits no candidate (it has no bento to
+evaluate or promote). Unset `epochs` / `batch_size` / `lr` keep each family's own trainer defaults.
+
 Idempotent: a version already trained with the same model, configs, window and data is made `candidate` again
 instead of training a copy (set `retrain` to train anyway).
 
@@ -26,8 +31,8 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.catalog import models as catalog_models
-from pipelines.orchestration import chain_extra, chain_params, default, default_args, run_day
-from pipelines.training.config import TrainConfig, TrainRequest
+from pipelines.orchestration import chain_extra, chain_params, default, default_args
+from pipelines.training.config import TrainRequest
 
 OFFLINE_FEATURES = Asset("coldstart_offline_features")
 MODELS = Asset("coldstart_candidate_models")
@@ -57,9 +62,10 @@ MODELS = Asset("coldstart_candidate_models")
             description="Days in the window (last = validation).",
         ),
         "dataset": Param(default(TrainRequest, "dataset"), type="string", pattern="^[a-z0-9_]+$"),
-        "epochs": Param(default(TrainConfig, "epochs"), type="integer", minimum=1),
-        "batch_size": Param(default(TrainConfig, "batch_size"), type="integer", minimum=32),
-        "lr": Param(default(TrainConfig, "lr"), type="number", exclusiveMinimum=0),
+        # Null: each family's own trainer default (the rankers' TrainConfig, the content tower's smaller steps).
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Null: the model's default."),
+        "batch_size": Param(None, type=["null", "integer"], minimum=32, description="Null: the model's default."),
+        "lr": Param(None, type=["null", "number"], exclusiveMinimum=0, description="Null: the model's default."),
         "poso": Param(
             default(TrainRequest, "poso"), type="boolean", description="POSO gates on every model that supports them."
         ),
@@ -79,28 +85,44 @@ def train_models() -> None:
     def chosen() -> list[str]:
         return list(chain_params(get_current_context())["models"])
 
-    @task(outlets=[MODELS], max_active_tis_per_dag=1)
+    @task
+    def first(models: list[str]) -> list[str]:
+        """The chosen models whose outputs other models read (the content tower): trained before the rest."""
+        from pipelines.catalog import model as catalog_model
+
+        return [m for m in models if catalog_model(m).family.train_first]
+
+    @task
+    def rest(models: list[str]) -> list[str]:
+        from pipelines.catalog import model as catalog_model
+
+        return [m for m in models if not catalog_model(m).family.train_first]
+
+    @task(max_active_tis_per_dag=1)
+    def train_upstream(model: str) -> dict:
+        """Train a model the others read; it sets its own alias and emits no candidate (it has no bento)."""
+        from pipelines.orchestration import train_request
+        from pipelines.training.api import train as train_model
+
+        return train_model(model, train_request(get_current_context(), model))
+
+    # All-done, not all-success: an empty `first` list skips `train_upstream`, and a failed tower (the rankers
+    # then serve new items on raw content neighbours) must not hold back the rankers of the run.
+    @task(outlets=[MODELS], max_active_tis_per_dag=1, trigger_rule="all_done")
     def train(model: str) -> dict:
         """Train, log and register one model as its family does (a ranker resumes from its checkpoint on retry)."""
-        from pipelines.catalog import model as catalog_model
+        from pipelines.orchestration import train_request
         from pipelines.training.api import train as train_model
 
         context = get_current_context()
-        p = chain_params(context)
-        window: dict = {"dataset": p["dataset"]}
-        if catalog_model(model).family.trains_on_window:  # a window of the run's days, `holdout_days` before
-            dataset, day = run_day(context)
-            end = day - dt.timedelta(days=int(p["holdout_days"]))
-            window = {"dataset": dataset, "end": end, "window_days": int(p["window_days"])}
-        request = TrainRequest(**window, train={"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"]},
-                               poso=p["poso"], uie=p["uie"], overrides=p["model_config"].get(model, {}),
-                               reuse=not p["retrain"])  # fmt: skip
-        result = train_model(model, request)
+        result = train_model(model, train_request(context, model))
         extra = {"model": model, "version": str(result["version"])}
         context["outlet_events"][MODELS].extra = extra | chain_extra(context)
         return result
 
-    train.expand(model=chosen())
+    models = chosen()
+    upstream = train_upstream.expand(model=first(models))
+    upstream >> train.expand(model=rest(models))
 
 
 train_models()

@@ -44,6 +44,9 @@ user_recent_source = _source("user_recent")
 item_stats_source = _source("item_stats")
 # Category, keywords and content vector of each item, stamped at its publish time.
 item_content_source = _source("item_content")
+# Content-tower vector and predicted quality of every item, written after a tower trains and stamped at the end
+# of its training window (a point-in-time join never sees a vector trained on later clicks).
+item_content_tower_source = _source("item_content_tower")
 # Items published and historical quality of each author's items.
 author_stats_source = _source("author_stats")
 

@@ -8,6 +8,7 @@ from feast.types import Array, Float32, Float64, Int32, Int64, String
 from data_sources import (
     author_stats_source,
     item_content_source,
+    item_content_tower_source,
     item_stats_push_source,
     user_activity_source,
     user_profile_source,
@@ -96,6 +97,20 @@ item_content_fv = FeatureView(
         Field(name="content_vector", dtype=Array(Float32)),
     ],
     source=item_content_source,
+)
+
+# The content tower's view of an item (MODELS.md §7): a unit vector comparable across items and a predicted
+# content quality, from the champion tower; a new item's row is written online at its publish time.
+item_content_tower_fv = FeatureView(
+    name="item_content_tower_fv",
+    entities=[item],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="content_tower_vector", dtype=Array(Float32)),
+        Field(name="content_quality", dtype=Float32),
+        Field(name="content_tower_version", dtype=String),
+    ],
+    source=item_content_tower_source,
 )
 
 # Author productivity and the historical quality of their items (a prior for their new items).

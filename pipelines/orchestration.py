@@ -101,3 +101,21 @@ def default(config: type[BaseModel], name: str) -> Any:
     """The default of field ``name`` of ``config``: what a DAG Param or CLI option starts from."""
     field = config.model_fields[name]
     return field.default_factory() if field.default_factory is not None else field.default
+
+
+def train_request(context: dict[str, Any], model: str) -> Any:
+    """The ``TrainRequest`` of ``model`` in a ``train_models`` run: its window (``holdout_days`` before the run's
+    day, a family that trains on the dataset's window only), the trainer knobs the run set (unset ones keep the
+    family's defaults), POSO / UIE, the model's ``model_config`` entry and ``retrain``."""
+    from pipelines.catalog import model as catalog_model
+    from pipelines.training.config import TrainRequest, trainer_overrides
+
+    p = chain_params(context)
+    window: dict = {"dataset": p["dataset"]}
+    if catalog_model(model).family.trains_on_window:  # a window of the run's days, `holdout_days` before
+        dataset, day = run_day(context)
+        end = day - dt.timedelta(days=int(p["holdout_days"]))
+        window = {"dataset": dataset, "end": end, "window_days": int(p["window_days"])}
+    knobs = trainer_overrides(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"])
+    return TrainRequest(**window, train=knobs, poso=p["poso"], uie=p["uie"],
+                        overrides=p["model_config"].get(model, {}), reuse=not p["retrain"])  # fmt: skip

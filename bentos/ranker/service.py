@@ -39,6 +39,7 @@ class Ranker:
 
         from pipelines.serving.policies import PolicyConfig
         from pipelines.serving.ranker import RankerCore
+        from pipelines.serving.ranker_bento import packed_tower
 
         settings = get_settings()
         torch.set_num_threads(settings.torch_threads)
@@ -57,7 +58,8 @@ class Ranker:
 
             nearline = NearlineState.open(settings, "sim", config.exposure)
         version = self.bento_model.info.labels.get("mlflow_version", "?")
-        self.core = RankerCore(wrapper, features, items, config, version, nearline)
+        # The champion content tower packed beside the model: known and new items' kNN vectors in its space.
+        self.core = RankerCore(wrapper, features, items, config, version, nearline, tower=packed_tower(root))
 
     @bentoml.api
     def rank(

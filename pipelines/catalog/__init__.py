@@ -1,6 +1,6 @@
 """The model catalog: every kind of model the platform trains, evaluates, gates and serves, in one place.
 
-A :class:`Family` is a kind of model (the multi-task rankers; MeLU; later the content tower, the retrieval model,
+A :class:`Family` is a kind of model (the multi-task rankers; MeLU; the content tower; later the retrieval model,
 embedding generators): its models and the Feast feature service each reads, the bento service that serves it,
 its gate's defaults, and the hooks that train it, score it for evaluation, pack the side data its bento needs and
 write its smoke test. DAGs, the CLI, evaluation, the gate and promotion look a model up here; none of them asks
@@ -49,6 +49,9 @@ class Family:
             name a day); a family with its own dataset (MeLU on MovieLens-1M) does not.
         reads_online_store: whether its service reads Feast's online store (promotion then waits for it).
         hooks: hook name -> ``"module:function"`` or a callable.
+        train_first: whether other families read its outputs (the content tower's vectors feed the rankers'
+            new-item embeddings), so ``train_models`` trains it before the others of the same run. Such a
+            family sets its own serving alias in its ``train`` hook and has no ``evaluate`` hook or bento chain.
         demo: how ``coldstart demo`` trains a family that does not train on the simulated window, in a chapter
             of its own: ``train_models`` Params (``model_config`` applies to each of its models). Empty: the
             demo leaves it out.
@@ -62,6 +65,7 @@ class Family:
     trains_on_window: bool = True
     reads_online_store: bool = True
     hooks: Mapping[str, Hook] = field(default_factory=dict)
+    train_first: bool = False
     demo: Mapping[str, Any] = field(default_factory=dict)
 
     def hook(self, name: str) -> Callable[..., Any]:
@@ -125,10 +129,15 @@ def families() -> Mapping[str, Family]:
     return MappingProxyType(_FAMILIES)
 
 
-def models() -> list[str]:
-    """Every model name, in catalog order (the choices of the DAGs' `models` Param and the CLI)."""
+def models(hook: str | None = None) -> list[str]:
+    """Every model name, in catalog order (the choices of the DAGs' `models` Param and the CLI).
+
+    Args:
+        hook: only the models whose family has this hook (``evaluate``: the models the evaluation and
+            promotion DAGs can take).
+    """
     _load_builtin()
-    return [name for family in _FAMILIES.values() for name in family.models]
+    return [name for family in _FAMILIES.values() if hook is None or hook in family.hooks for name in family.models]
 
 
 def model(name: str) -> Model:
@@ -151,7 +160,8 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from pipelines.catalog import melu, rankers
+        from pipelines.catalog import content, melu, rankers
 
         register(rankers.FAMILY)
         register(melu.FAMILY)
+        register(content.FAMILY)

@@ -18,7 +18,8 @@ from pipelines.orchestration import default
 @_clear_errors
 def evaluate(
     model: Annotated[
-        list[str], typer.Option(help=f"Model(s) whose `candidate` to evaluate: {', '.join(catalog_models())}.")
+        list[str],
+        typer.Option(help=f"Model(s) whose `candidate` to evaluate: {', '.join(catalog_models(hook='evaluate'))}."),
     ],
     dataset: Annotated[str, typer.Option()] = "sim",
     start: Annotated[

@@ -11,7 +11,10 @@ import typer
 from pipelines.catalog import models as catalog_models
 from pipelines.cli._common import _clear_errors, _print_summary, _settings, app
 from pipelines.orchestration import default
-from pipelines.training.config import TrainConfig, TrainRequest
+from pipelines.training.config import TrainRequest, trainer_overrides
+
+# Unset trainer knobs keep each family's own defaults (the rankers' are TrainConfig's, the content tower's its own).
+_FAMILY_DEFAULT = "Default: the model family's own."
 
 
 @app.command()
@@ -21,9 +24,9 @@ def train(
     start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the window.")],
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day (validation day).")],
     dataset: Annotated[str, typer.Option()] = default(TrainRequest, "dataset"),
-    epochs: Annotated[int, typer.Option(min=1)] = default(TrainConfig, "epochs"),
-    batch_size: Annotated[int, typer.Option(min=1)] = default(TrainConfig, "batch_size"),
-    lr: Annotated[float, typer.Option(min=0)] = default(TrainConfig, "lr"),
+    epochs: Annotated[int | None, typer.Option(min=1, help=_FAMILY_DEFAULT)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=_FAMILY_DEFAULT)] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help=_FAMILY_DEFAULT)] = None,
     poso: Annotated[bool, typer.Option(help="POSO gates.")] = default(TrainRequest, "poso"),
     uie: Annotated[bool, typer.Option(help="UIE enhancement (PLE only).")] = default(TrainRequest, "uie"),
     config: Annotated[str, typer.Option(help="JSON overrides of the model config (unknown keys fail).")] = "{}",
@@ -38,7 +41,7 @@ def train(
     _settings()
     for name in model:
         request = TrainRequest(dataset=dataset, start=start.date(), end=end.date(), poso=poso, uie=uie,
-                               train={"epochs": epochs, "batch_size": batch_size, "lr": lr},
+                               train=trainer_overrides(epochs=epochs, batch_size=batch_size, lr=lr),
                                overrides=json.loads(config), reuse=not retrain)  # fmt: skip
         _print_summary(f"Trained {name}", _rows(train_model(name, request)))
 

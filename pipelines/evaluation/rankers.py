@@ -89,6 +89,7 @@ def score_version(contest: Contest, version, frame: pd.DataFrame, policy, start:
     import mlflow
     import torch
 
+    from pipelines.serving.content_vectors import load_tower
     from pipelines.serving.ranker import RankerCore
     from pipelines.serving.ranker_bento import known_items
 
@@ -100,11 +101,15 @@ def score_version(contest: Contest, version, frame: pd.DataFrame, policy, start:
     as_of = min(train_end_of(contest, version) or start, start - dt.timedelta(days=1))
     knn = policy.new_item_embedding == "content_knn"  # the default policy reads no neighbours
     items = known_items(contest.settings.home, contest.dataset, as_of) if knn else None
-    core = RankerCore(wrapper, items=items, config=policy, version=str(version.version))
+    # The champion content tower, as the bento packs it: known and held-out new items in the same space.
+    tower = load_tower(contest.settings) if knn and policy.knn_vectors == "tower" else None
+    core = RankerCore(wrapper, items=items, config=policy, version=str(version.version), tower=tower)
     scores = core.score_frame(frame)
     pool = int(len(core.knn[0].item_ids)) if core.knn else 0
     return scores, {"path": "RankerCore.score_frame", "known_items_as_of": as_of.isoformat(),
-                    "known_items": 0 if items is None else int(len(items)), "knn_neighbour_pool": pool}  # fmt: skip
+                    "known_items": 0 if items is None else int(len(items)), "knn_neighbour_pool": pool,
+                    "knn_vectors": core.knn_vectors,
+                    "content_tower_version": tower.version if tower is not None else None}  # fmt: skip
 
 
 def scoring_paths(masks: dict[str, np.ndarray], scores: dict[str, pd.DataFrame], names: list[str]) -> dict:

@@ -237,6 +237,7 @@ class _Loop:
 
         from pipelines.catalog import model as catalog_model
         from pipelines.experiments.feed import PlatformFeed
+        from pipelines.serving.content_vectors import load_tower
         from pipelines.serving.features import FeastFeatures
         from pipelines.serving.nearline import NearlineState
         from pipelines.serving.nearline_ingest import feast_author_scores
@@ -249,7 +250,9 @@ class _Loop:
         arms = self.cfg.policies()
         # The bento's known-items table as of the training window's end: new items take content-kNN rows.
         items = known_items(self.settings.home, self.cfg.dataset, self.days[-2])
-        core = RankerCore(wrapper, items=items, config=arms[0], version=version)
+        # As the bento: the champion content tower (if any) puts known and new items in its space.
+        tower = load_tower(self.settings) if arms[0].knn_vectors == "tower" else None
+        core = RankerCore(wrapper, items=items, config=arms[0], version=version, tower=tower)
         features = FeastFeatures(self.settings, self.cfg.dataset)
         nearline = NearlineState.open(self.settings, self.cfg.dataset, self.cfg.judge())
         world = self.simulator.world

@@ -56,6 +56,7 @@ def ingest_day(
     *,
     layer: str = "clean",
     author_scores: AuthorScores | None = None,
+    on_publish: Callable[[np.ndarray, dt.date, dt.date], int] | None = None,
 ) -> dict[str, int]:
     """Feed the state from one day of logs, hour by hour, ticking at each hour's end.
 
@@ -65,10 +66,14 @@ def ingest_day(
         day: the partition day of ``impressions`` to ingest (``items`` of that day and of the window before).
         layer: ``clean`` (validated; the default) or ``raw``.
         author_scores: passed to every :meth:`~NearlineState.tick` (e.g. :func:`feast_author_scores`).
+        on_publish: called with the ids of the items entering the state each hour, and the first and last
+            ``items`` partition they come from (e.g. :func:`~pipelines.features.content_tower.tower_publisher`,
+            which writes their content-tower vectors online at publish time).
 
     Returns:
         Counts: ``hours`` ingested (hours before the watermark are skipped), items ``published`` for the first
-        time, ``impressions`` counted (inside their item's window), ``active`` items after the last tick.
+        time, ``embedded`` (rows ``on_publish`` wrote), ``impressions`` counted (inside their item's window),
+        ``active`` items after the last tick.
 
     Raises:
         MissingPartitionError: the day has no ``impressions`` partition in ``layer``.
@@ -82,7 +87,8 @@ def ingest_day(
     hour_of = np.floor((times - start) / HOUR)
     watermark = state.watermark()
     watermark = -math.inf if watermark is None else watermark
-    counts = {"hours": 0, "published": 0, "impressions": 0, "active": 0}
+    counts = {"hours": 0, "published": 0, "embedded": 0, "impressions": 0, "active": 0}
+    since = (day_bounds(day)[0] - dt.timedelta(hours=state.cfg.window_hours)).date()
     published_upto = 0
     for hour in range(24):
         end = start + (hour + 1) * HOUR
@@ -93,6 +99,8 @@ def ingest_day(
             window = slice(published_upto, due)
             counts["published"] += state.publish(items["item_id"][window], items["author_id"][window],
                                                  items["published"][window])  # fmt: skip
+            if on_publish is not None:
+                counts["embedded"] += on_publish(items["item_id"][window], since, day)
         published_upto = max(published_upto, due)
         rows = (hour_of == hour) & (times >= watermark)
         counts["impressions"] += state.record_impressions(item_ids[rows], times[rows], clicks[rows])

@@ -71,6 +71,10 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     new_item_embedding: Literal["default", "content_knn"] = "content_knn"
+    knn_vectors: Literal["raw", "tower"] = Field(
+        "tower", description="The space content neighbours are found in: the champion content tower's vectors "
+        "(learned from co-engagement), or the raw content vectors; the raw ones when no tower is loaded.",
+    )  # fmt: skip
     knn_k: int = Field(10, ge=1, description="Content neighbours averaged into a new item's ID embedding.")
     knn_min_exposures: int = Field(100, ge=0, description="Exposures a known item needs to be a neighbour.")
     knn_min_similarity: float = Field(0.0, ge=-1, le=1, description="A neighbour needs cosine above this.")

@@ -48,7 +48,7 @@ class RankerCore:
     """Scores candidates for a user with a registered multi-task ranker and the serving policies."""
 
     def __init__(self, wrapper, features=None, items: pd.DataFrame | None = None, config: PolicyConfig | None = None,
-                 version: str = "?", nearline: NearlineState | None = None) -> None:  # fmt: skip
+                 version: str = "?", nearline: NearlineState | None = None, tower=None) -> None:  # fmt: skip
         """
         Args:
             wrapper: the loaded pyfunc's python model (``RankerModel``: ``encoder`` and torch ``model``).
@@ -59,6 +59,10 @@ class RankerCore:
             version: the model version the answers name.
             nearline: the shared near-line state to pace new items from (read only); None: an in-process
                 controller that counts this core's own answers.
+            tower: the champion content tower (:class:`~pipelines.serving.content_vectors.TowerEmbedder`);
+                with ``knn_vectors="tower"`` it embeds both the known items (from ``items``' ``category``,
+                ``keywords``, ``content_vector``) and each new item's query, so both are in its space. None:
+                the raw content vectors (``knn_vectors`` says which space the core uses).
         """
         self.encoder, self.model = wrapper.encoder, wrapper.model
         self.model.eval()
@@ -73,20 +77,34 @@ class RankerCore:
         self._extra: dict[int, int] = {}
         self._lock = threading.Lock()
         self.knn = None
-        vocab = self.encoder.vocab["item_id"]
+        # Known items and new items' queries must be in one space: the tower's when there is one, else raw.
+        self.tower = tower if self.config.knn_vectors == "tower" else None
+        self.knn_vectors = "tower" if self.tower is not None else "raw"
         if items is not None and len(items) and self._tables and self.config.new_item_embedding == "content_knn":
-            known = items[items["item_id"].astype(str).isin(vocab)]
-            if len(known):
-                index = np.array([vocab[str(i)] for i in known["item_id"]])
-                self.knn = [
-                    NewItemEmbeddings.fit(
-                        known["item_id"].to_numpy(), np.stack(known["content_vector"].map(np.asarray)),
-                        known["exposures_total"].to_numpy(float), table.weight.detach().numpy()[index],
-                        k=self.config.knn_k, min_exposures=self.config.knn_min_exposures,
-                        default=table.weight.detach().numpy()[0], min_similarity=self.config.knn_min_similarity,
-                    )
-                    for table in self._tables
-                ]  # fmt: skip
+            self._fit_knn(items)
+
+    def _fit_knn(self, items: pd.DataFrame) -> None:
+        """The content-kNN index of each item table over the known items of the model's vocabulary."""
+        vocab = self.encoder.vocab["item_id"]
+        known = items[items["item_id"].astype(str).isin(vocab)].reset_index(drop=True)
+        if not len(known):
+            return
+        index = np.array([vocab[str(i)] for i in known["item_id"]])
+        vectors = self._vectors(known)
+        self.knn = [
+            NewItemEmbeddings.fit(
+                known["item_id"].to_numpy(), vectors, known["exposures_total"].to_numpy(float),
+                table.weight.detach().numpy()[index], k=self.config.knn_k, min_exposures=self.config.knn_min_exposures,
+                default=table.weight.detach().numpy()[0], min_similarity=self.config.knn_min_similarity,
+            )
+            for table in self._tables
+        ]  # fmt: skip
+
+    def _vectors(self, rows: pd.DataFrame) -> np.ndarray:
+        """[n, d] vectors of ``rows`` in the core's kNN space: the tower's embedding, or the raw content vector."""
+        if self.tower is not None:
+            return self.tower.embed(rows)[0]
+        return np.stack([np.asarray(v, dtype=np.float32) for v in rows["content_vector"]])
 
     def _frame(self, user_id: int, candidates: list[int], user_features: dict | None,
                item_features: dict[int, dict] | None) -> tuple[pd.DataFrame, bool]:  # fmt: skip
@@ -120,18 +138,18 @@ class RankerCore:
         rows = np.flatnonzero(sparse[:, ITEM_FIELD].numpy() == 0)  # out of vocabulary (or no id)
         ids = frame["item_id"].to_numpy()[rows]
         vectors = frame["content_vector"].to_numpy()[rows]
-        with_vector: dict[int, Any] = {}  # item id -> its first content vector, in order of first appearance
-        for item_id, vector in zip(ids.tolist(), vectors.tolist(), strict=True):
+        with_vector: dict[int, int] = {}  # item id -> the frame row of its first content, in order of appearance
+        for row, item_id, vector in zip(rows.tolist(), ids.tolist(), vectors.tolist(), strict=True):
             if pd.isna(item_id) or not isinstance(vector, list | np.ndarray) or len(vector) == 0:
                 continue
-            with_vector.setdefault(int(item_id), vector)
+            with_vector.setdefault(int(item_id), row)
         if not with_vector:
             return touched
         with self._lock:
             room = max(0, self.config.max_new_item_rows - len(self._extra))
             fresh = [i for i in with_vector if i not in self._extra][:room]
             if fresh:
-                content = np.stack([np.asarray(with_vector[i], dtype=np.float32) for i in fresh])
+                content = self._vectors(frame.iloc[[with_vector[i] for i in fresh]])
                 for table, knn in zip(self._tables, self.knn, strict=True):
                     grown, first = extend_table(table.weight.data, knn.embed(content))
                     table.weight = torch.nn.Parameter(grown, requires_grad=False)
@@ -204,7 +222,8 @@ class RankerCore:
                 policies.insert(0, "new_item_embedding" if embedded[i] else "default_item_embedding")
             items.append({"item_id": candidates[i], "score": float(scores[i]), "p_ctr": float(p_ctr[i]),
                           "p_cvr": float(p_cvr[i]), "p_ctcvr": float(p_ctcvr[i]), "policies": policies})  # fmt: skip
-        return {"user_id": int(user_id), "new_user": not known_user, "model_version": self.version, "items": items}
+        return {"user_id": int(user_id), "new_user": not known_user, "model_version": self.version,
+                "knn_vectors": self.knn_vectors, "items": items}  # fmt: skip
 
 
 def _author_scores(frame: pd.DataFrame, cfg: ExposureConfig) -> np.ndarray | None:

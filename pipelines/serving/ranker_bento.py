@@ -4,6 +4,7 @@ family's ``side_data`` and ``smoke_requests`` hooks."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ def known_items(home: Path, dataset: str = "sim", until: dt.date | None = None) 
             latest day up to it); None: all.
 
     Returns:
-        ``item_id``, ``content_vector`` (float32 lists) and ``exposures_total`` (0 for an item without stats), one
-        row per item (its latest content row); None when there are no content or stats tables yet.
+        ``item_id``, ``category``, ``keywords``, ``content_vector`` (float32 lists) and ``exposures_total`` (0
+        for an item without stats), one row per item (its latest content row); None when there are no content or
+        stats tables yet.
     """
     from pipelines.features.compute import FeatureLayout
 
@@ -37,7 +39,8 @@ def known_items(home: Path, dataset: str = "sim", until: dt.date | None = None) 
     stats_days = [d for d in layout.days("item_stats") if until is None or d <= until]
     if not content_days or not stats_days:
         return None
-    content = pd.concat([pd.read_parquet(layout.path("item_content", d), columns=["item_id", "content_vector"])
+    columns = ["item_id", "category", "keywords", "content_vector"]  # what the content tower reads
+    content = pd.concat([pd.read_parquet(layout.path("item_content", d), columns=columns)
                          for d in content_days]).drop_duplicates("item_id", keep="last")  # fmt: skip
     stats = pd.read_parquet(layout.path("item_stats", stats_days[-1]), columns=["item_id", "exposures_total"])
     items = content.merge(stats, on="item_id", how="left").fillna({"exposures_total": 0})
@@ -45,12 +48,45 @@ def known_items(home: Path, dataset: str = "sim", until: dt.date | None = None) 
     return items.reset_index(drop=True)
 
 
+TOWER_DIR = "content_tower"  # the champion content tower's pyfunc, inside the bento model's folder
+
+
 def side_data(settings: Settings, model: Model, target: Path) -> None:
-    """Latest content vectors and exposures of known items (:func:`known_items`), for content-similar new-item
-    embeddings."""
+    """Latest content and exposures of known items (:func:`known_items`), for content-similar new-item
+    embeddings, and the champion content tower (when there is one) that puts them and new items in its space."""
     items = known_items(settings.home, "sim")
     if items is not None:
         items.to_parquet(target / "items.parquet")
+    tower = champion_tower_uri(settings)
+    if tower is not None:
+        import mlflow
+
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=tower, dst_path=str(target / TOWER_DIR)))
+        (folder / "registered_version.json").write_text(json.dumps({"version": tower.rsplit("/", 1)[-1]}))
+
+
+def champion_tower_uri(settings: Settings) -> str | None:
+    """``models:/coldstart_content_tower/<v>`` of the champion tower, or None."""
+    from pipelines.catalog import model as catalog_model
+    from pipelines.catalog.registry import registry_client, version_by_alias
+    from pipelines.serving.content_vectors import TOWER_MODEL
+
+    name = catalog_model(TOWER_MODEL).registered_name
+    version = version_by_alias(registry_client(settings), name, "champion")
+    return None if version is None else f"models:/{name}/{version.version}"
+
+
+def packed_tower(root: Path):
+    """The content tower packed by :func:`side_data` under ``root`` (a :class:`TowerEmbedder`), or None."""
+    folder = root / TOWER_DIR
+    if not (folder / "MLmodel").is_file():
+        return None
+    import mlflow
+
+    from pipelines.serving.content_vectors import TowerEmbedder
+
+    wrapper = mlflow.pyfunc.load_model(str(folder)).unwrap_python_model()
+    return TowerEmbedder.from_pyfunc(wrapper, json.loads((folder / "registered_version.json").read_text())["version"])
 
 
 def smoke_requests(settings: Settings, model: Model) -> list[dict]:

@@ -66,3 +66,13 @@ class TrainRequest(BaseModel):
     uie: bool = Field(True, description="The UIE enhancement on the models that have it on by default.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Model config overrides (unknown keys fail).")
     reuse: bool = Field(True, description="Make an identical earlier version `candidate` instead of retraining.")
+
+
+def trainer_overrides(**knobs: Any) -> dict[str, Any]:
+    """The trainer knobs a trigger form or CLI actually set (None: not set), for ``TrainRequest.train``.
+
+    Only what is set reaches the request, so each family's own trainer defaults (the content tower trains more,
+    smaller steps than the rankers) hold unless the caller asks otherwise: the families read
+    ``request.train.model_dump(exclude_unset=True)`` on top of their defaults.
+    """
+    return {name: value for name, value in knobs.items() if value is not None}

@@ -250,4 +250,47 @@ def train_for_catalog(settings: Settings, model: Model, request: TrainRequest) -
     else:
         start, end = request.start, request.end or request.start
     cfg = ContentTowerTraining.from_request(request)
-    return train_content_tower(settings, request.dataset, start, end, cfg, reuse=request.reuse)
+    result = train_content_tower(settings, request.dataset, start, end, cfg, reuse=request.reuse)
+    result["gate"] = gate_tower(result["version"], float(model.options.get("triplet_accuracy_floor", 0.6)))
+    if result["gate"]["passed"]:
+        from pipelines.features.content_tower import write_tower_features
+        from pipelines.serving.content_vectors import load_tower
+
+        result["features"] = write_tower_features(settings, request.dataset, load_tower(settings), end,
+                                                  materialize=_view_applied(settings, request.dataset))  # fmt: skip
+    return result
+
+
+def gate_tower(version: str, floor: float) -> dict:
+    """Make ``version`` ``champion`` when its held-out triplet accuracy reaches ``floor``; tag the outcome.
+
+    The accuracy is the run's ``final_val_triplet_accuracy``: triplets of anchors held out of training (the
+    validation share), on the weights early stopping kept. The tags ``gate`` (passed / blocked) and ``gate_reason``
+    record why the alias moved or did not; a blocked version leaves the previous champion in place.
+    """
+    client = mlflow.MlflowClient()
+    run = client.get_run(client.get_model_version(REGISTERED, version).run_id)
+    accuracy = run.data.metrics.get("final_val_triplet_accuracy")
+    passed = accuracy is not None and accuracy >= floor
+    shown = "none (no validation triplets)" if accuracy is None else f"{accuracy:.4f}"
+    reason = f"held-out triplet accuracy {shown} {'>=' if passed else 'below'} the floor {floor}"
+    client.set_model_version_tag(REGISTERED, version, "gate", "passed" if passed else "blocked")
+    client.set_model_version_tag(REGISTERED, version, "gate_reason", reason)
+    if passed:
+        client.set_registered_model_alias(REGISTERED, "champion", version)
+    log.info("%s v%s: %s", REGISTERED, version, reason)
+    return {"passed": passed, "triplet_accuracy": accuracy, "floor": floor, "reason": reason}
+
+
+def _view_applied(settings: Settings, dataset: str) -> bool:
+    """Whether the Feast registry has the tower's view (``materialize_features`` applies the repo); without it the
+    offline table is still written and the next materialization loads it."""
+    from pipelines.features.content_tower import VIEW
+    from pipelines.features.store import get_store
+
+    try:
+        get_store(settings, dataset).get_feature_view(VIEW)
+    except Exception:  # noqa: BLE001 - Feast raises its own not-found errors, or none when no registry exists yet
+        log.warning("%s is not applied: the tower's rows are written offline only", VIEW)
+        return False
+    return True

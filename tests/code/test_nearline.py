@@ -221,7 +221,7 @@ def test_ingest_day_counts_logged_impressions_hour_by_hour(state_factory, tmp_pa
     counts = ingest_day(state, data, DAY, author_scores=author_scores)
     # 100: 03:12 and 19:30 (20:30 is past its window); 200: four; 300: 10:12 only (09:54 came before its
     # publication reached the state); 50 is too old to track, 999 unknown.
-    assert counts == {"hours": 24, "published": 3, "impressions": 7, "active": 2}
+    assert counts == {"hours": 24, "published": 3, "embedded": 0, "impressions": 7, "active": 2}
     snap = state.snapshot([100, 200, 300, 50, 999])
     np.testing.assert_allclose(snap["exposures"], [np.nan, 4, 1, np.nan, np.nan])  # 100 expired at 20:00
     np.testing.assert_allclose(snap["clicks"][1:3], [2, 0])

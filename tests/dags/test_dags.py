@@ -215,3 +215,27 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
         GROUP BY 1""").fetchall()  # fmt: skip
     mean = dict(first_day_exposures)
     assert mean["treatment"] > mean["control"], mean
+
+
+def test_train_models_trains_the_content_tower_before_the_rankers_on_its_own_defaults(dagbag) -> None:
+    """The tower's task runs upstream of the rankers' and emits no candidate; unset trainer Params keep each
+    family's defaults, and only the models with an evaluation can go on to evaluate and promote."""
+    from pipelines import catalog
+    from pipelines.training.config import TrainConfig, TrainRequest, trainer_overrides
+    from pipelines.training.content_tower import ContentTowerTraining
+
+    dag = dagbag.dags["train_models"]
+    assert "train_upstream" in dag.get_task("train").upstream_task_ids
+    assert dag.get_task("train_upstream").outlets == []
+    assert catalog.model("content_tower").family.train_first and not catalog.model("esmm").family.train_first
+    assert "content_tower" in dag.params.get_param("models").schema["items"]["enum"]
+    for dag_id in ("evaluate_models", "promote_bento"):
+        enum = dagbag.dags[dag_id].params.get_param("models").schema["items"]["enum"]
+        assert "content_tower" not in enum and "esmm" in enum
+    assert {dag.params[k] for k in ("epochs", "batch_size", "lr")} == {None}
+    unset = TrainRequest(train=trainer_overrides(epochs=None, batch_size=None, lr=None))
+    tower = ContentTowerTraining.from_request(unset).train
+    assert (tower.epochs, tower.batch_size, tower.lr) == (30, 128, 3e-3)
+    assert unset.train.model_dump(exclude_defaults=True) == {} and unset.train == TrainConfig()  # rankers: theirs
+    asked = ContentTowerTraining.from_request(TrainRequest(train=trainer_overrides(epochs=2, batch_size=None, lr=None)))
+    assert (asked.train.epochs, asked.train.batch_size) == (2, 128)

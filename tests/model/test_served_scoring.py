@@ -132,3 +132,50 @@ def test_evaluation_rows_of_users_the_store_does_not_know_take_the_new_user_path
     assert serving_users(rows, ["view_count", "gender", "recent_item_ids", "is_new_user"]) == 1
     assert rows["is_new_user"].tolist() == [0.0, 1.0]
     assert rows["recent_item_ids"].isna().tolist() == [False, True]  # as serving drops an unknown user's lists
+
+
+class CategoryTower:
+    """A content tower stand-in whose space is the category alone (one-hot of ``category``): a new item's tower
+    neighbours are its category's items, whatever its raw content vector says."""
+
+    version = "7"
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = []
+
+    def embed(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        self.seen.append(rows["item_id"].astype(int).tolist())
+        return np.eye(3, dtype=np.float32)[rows["category"].astype(int).to_numpy()], np.zeros(len(rows), np.float32)
+
+
+def test_new_items_take_their_tower_neighbours_and_fall_back_to_raw_vectors_without_a_tower(wrapper) -> None:
+    items = known_items().assign(category=lambda f: f["item_id"] % 3)
+    rows = frame([1], [2, 99])  # 99: raw content like item 3's (items 1..10), category 0 (items 3, 6, ..., 18)
+    category_0 = [3, 6, 9, 12, 15, 18]
+
+    def served(tower=None, **config) -> RankerCore:
+        fresh = SimpleNamespace(encoder=wrapper.encoder,
+                                model=build_ranker("esmm", wrapper.encoder, TINY_CONFIGS["esmm"]))  # fmt: skip
+        fresh.model.load_state_dict(wrapper.model.state_dict())
+        return RankerCore(fresh, Store(), items, PolicyConfig(knn_k=6, **config), tower=tower)
+
+    def borrowed(ranker: RankerCore) -> tuple[np.ndarray, np.ndarray]:
+        """The row appended for item 99, and the mean of category 0's rows."""
+        ranker.score_frame(rows)
+        table, vocab = ranker._tables[0].weight.detach().numpy(), wrapper.encoder.vocab["item_id"]
+        return table[ranker._extra[99]], table[[vocab[str(i)] for i in category_0]].mean(0)
+
+    tower = CategoryTower()
+    with_tower = served(tower)
+    assert with_tower.knn_vectors == "tower" and tower.seen[0] == list(range(1, 21))  # the index: known items
+    row, expected = borrowed(with_tower)
+    np.testing.assert_allclose(row, expected, rtol=1e-5)
+    assert tower.seen[-1] == [99]  # the query: the new item, embedded by the same tower
+    assert with_tower.rank(1, [2, 99])["knn_vectors"] == "tower"
+
+    raw = served()  # no champion tower: the raw content vectors
+    assert raw.knn_vectors == "raw" and raw.rank(1, [2])["knn_vectors"] == "raw"
+    row, expected = borrowed(raw)
+    assert not np.allclose(row, expected, rtol=1e-5)
+    asked_raw = served(CategoryTower(), knn_vectors="raw")
+    assert asked_raw.knn_vectors == "raw" and asked_raw.tower is None
