@@ -30,23 +30,69 @@ CASES = {
 }  # fmt: skip
 
 
+# The cold path the staged model serves new items with: the untrained row 0 (every training id in the vocabulary,
+# no id dropout, new items on the default row: the platform before issue 18) or the learned one (the training
+# defaults: rare ids fold into row 0, id dropout; new items on their content neighbours' mean embedding).
+COLD_PATHS = {
+    "row0": ({"min_count_user": 1, "min_count_item": 1, "min_count_author": 1, "id_dropout": 0.0},
+             {"new_item_embedding": "default"}),
+    "learned": ({}, {"new_item_embedding": "content_knn"}),
+}  # fmt: skip
+
+
+def _with_cold_path(case: dict, cold_path: str) -> dict:
+    train, policy = COLD_PATHS[cold_path]
+    arms = {arm: {**case.get(arm, {}), **policy} for arm in ("control", "treatment")}
+    arms["control"].setdefault("exposure", {"enabled": False})
+    return {**case, **arms, "train": {"epochs": 2, "lr": 0.003, **train}}
+
+
+def new_item_ctr(home: str, window: list[str], hours: int = 24) -> dict:
+    """Per author group: CTR of new items (impressions in their first ``hours``), authors as units (delta method)."""
+    import duckdb
+
+    from pipelines.experiments.stats import compare, moments
+
+    raw = f"{home}/experiments/*/data/closed_loop/raw"
+    rows = duckdb.sql(f"""
+        WITH p AS (SELECT item_id, author_id, publish_time FROM read_parquet('{raw}/publishes/*/*.parquet')
+                   WHERE CAST(publish_time AS DATE) BETWEEN DATE '{window[0]}' AND DATE '{window[1]}'),
+             a AS (SELECT DISTINCT unit_id AS author_id, bucket FROM read_parquet('{raw}/assignments/*/*.parquet')
+                   WHERE unit_type = 'author'),
+             i AS (SELECT item_id, event_time, click FROM read_parquet('{raw}/impressions/*/*.parquet'))
+        SELECT a.bucket, p.author_id, count(*) AS n, sum(i.click) AS clicks
+        FROM p JOIN i USING (item_id) JOIN a USING (author_id)
+        WHERE i.event_time < p.publish_time + INTERVAL {hours} HOUR GROUP BY 1, 2""").fetchall()  # fmt: skip
+    groups = {}
+    for bucket, _, n, clicks in rows:
+        groups.setdefault(bucket, ([], []))[0].append(clicks)
+        groups[bucket][1].append(n)
+    out = {b: {"ctr": sum(y) / sum(x), "impressions": sum(x)} for b, (y, x) in groups.items()}
+    if {"control", "treatment"} <= set(groups):
+        c = compare(moments(*groups["control"]), moments(*groups["treatment"]))
+        out["treatment_vs_control"] = {"rel_diff": c.rel_diff, "rel_ci": list(c.rel_ci)}
+    return out
+
+
 def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
     from pipelines.experiments.closed_loop import ClosedLoopConfig, run_closed_loop
     from pipelines.settings import get_settings
 
+    fields = _with_cold_path(CASES[case], opts.cold_path) if opts.cold_path else CASES[case]
     cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design=opts.design, users=opts.users, seed=seed,
                            pre_days=opts.pre_days, days=opts.days, impressions_per_day=opts.impressions_per_day,
                            **({"treatment_share": opts.treatment_share} if opts.treatment_share else {}),
-                           **CASES[case])  # fmt: skip
+                           **fields)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="closed-loop-") as home:
         started = time.perf_counter()
         out = run_closed_loop(get_settings(home=home, profile="local"), cfg)
         wall = time.perf_counter() - started
+        new_items = new_item_ctr(home, out["window"]) if cfg.design != "user_split" else {}
     ctr = out["headline"].get("ctr", {})
-    return {"case": case, "seed": seed, "impressions": out["impressions"], "wall_s": wall, "timings": out["timings"],
-            "experiment_days_s": out["experiment_days_s"],
+    return {"case": case, "seed": seed, "cold_path": opts.cold_path, "impressions": out["impressions"],
+            "wall_s": wall, "timings": out["timings"], "experiment_days_s": out["experiment_days_s"],
             "target_reach": out["target_reach"], "new_item_share": out["new_item_share"], "ctr": ctr,
-            "staged": out["staged"]}  # fmt: skip
+            "new_item_ctr": new_items, "staged": out["staged"]}  # fmt: skip
 
 
 def main() -> None:
@@ -66,11 +112,17 @@ def main() -> None:
     parser.add_argument("--pre-days", type=int, default=4)
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--impressions-per-day", type=int, default=None)
+    parser.add_argument(
+        "--cold-path",
+        choices=list(COLD_PATHS),
+        default=None,
+        help="Train and serve new items on this cold path in both arms (default: the platform's).",
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "closed_loop.json")
     opts = parser.parse_args()
     runs = [run_case(case, seed, opts) for case in opts.cases for seed in opts.seeds]
-    out = Path(__file__).parent / "results" / "closed_loop.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(runs, indent=2, default=str))
+    opts.out.parent.mkdir(exist_ok=True)
+    opts.out.write_text(json.dumps(runs, indent=2, default=str))
     print("| case | seed | arm | judged | reached | over-exposure | CTR rel. diff (95% CI) | experiment days s |")
     print("|---|---:|---|---:|---:|---:|---|---:|")
     for run in runs:
@@ -80,6 +132,14 @@ def main() -> None:
             print(f"| {run['case']} | {run['seed']} | {arm} | {reach['judged']} | {reach['reached']:.3f} | "
                   f"{reach['over_exposure']:.2f} | {ctr.get('rel_diff', float('nan')):+.2%} "
                   f"[{ci[0]:+.2%}, {ci[1]:+.2%}] | {run['timings']['simulate_and_serve_s']:.0f} |")  # fmt: skip
+    for run in runs:
+        if run["new_item_ctr"]:
+            groups = ", ".join(f"{g} {v['ctr']:.4f} ({v['impressions']:,} imps)" for g, v in run["new_item_ctr"].items()
+                               if g != "treatment_vs_control")  # fmt: skip
+            lift = run["new_item_ctr"].get("treatment_vs_control", {})
+            ci = lift.get("rel_ci", [float("nan")] * 2)
+            print(f"{run['case']} seed {run['seed']}: new-item CTR (first 24 h) {groups}; treatment vs control "
+                  f"{lift.get('rel_diff', float('nan')):+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]")  # fmt: skip
     for run in runs:
         shares = ", ".join(f"{arm} {share:.2%}" for arm, share in run["new_item_share"].items())
         print(f"{run['case']} seed {run['seed']}: new-item share of the impressions credited to each group: {shares}")
