@@ -48,6 +48,8 @@ def run_arm(p, arm: str, opts: argparse.Namespace) -> dict:
     from pipelines.training.api import train_for_run
 
     train, policies = ARMS[arm]
+    if policies.get("knn_vectors") == "tower":
+        train_tower(p)
     known = set(PolicyConfig.model_fields)
     policies = {k: v for k, v in policies.items() if k in known}  # knn_vectors only once the tower is wired
     first, last = p.days[1], p.days[-3]
@@ -66,6 +68,17 @@ def run_arm(p, arm: str, opts: argparse.Namespace) -> dict:
                       "calibration": (cand.get("calibration") or {}).get("value"),
                       "scoring": entry.get("scoring")}  # fmt: skip
     return out
+
+
+def train_tower(p) -> None:
+    """The content tower on the rankers' window, through its catalog hook (it sets `champion` when it clears its
+    floor; the ranker's content-kNN then finds neighbours in its space)."""
+    from pipelines.catalog import model as catalog_model
+    from pipelines.training.config import TrainRequest
+
+    entry = catalog_model("content_tower")
+    result = entry.call("train", p.settings, entry, TrainRequest(dataset="sim", start=p.days[1], end=p.days[-3]))
+    log.info("content tower: %s", {k: v for k, v in result.items() if k in ("version", "gate", "metrics")})
 
 
 def one_seed(seed: int, opts: argparse.Namespace) -> dict:
