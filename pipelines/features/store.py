@@ -138,6 +138,12 @@ def get_store(settings: Settings, dataset: str = "sim") -> FeatureStore:
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=store_yaml(settings))
 
 
+# Views whose writer materializes its own rows: the content tower's vectors are written (and loaded online) when a
+# tower becomes champion and at publish time (pipelines.features.content_tower), not by the daily snapshots; a
+# platform that never trained a tower has no file for it.
+OWN_WRITER_VIEWS = ("item_content_tower_fv",)
+
+
 def materialize_day(
     store: FeatureStore,
     layout: FeatureLayout,
@@ -156,7 +162,7 @@ def materialize_day(
     newest = max([day, *layout.days("user_profile")])
     start = day_bounds(day)[1] - overlap
     end = day_bounds(newest)[1] + dt.timedelta(seconds=1)
-    views = [fv.name for fv in store.list_feature_views() if fv.name != "item_content_fv"]
+    views = [fv.name for fv in store.list_feature_views() if fv.name not in ("item_content_fv", *OWN_WRITER_VIEWS)]
     materialize_window(store, views, start, end, engine)
     # Item content is stamped at publish time: cover every publish time in the day's file (the first day's
     # file also holds the items published before the logs start).
@@ -219,10 +225,11 @@ def materialize_window(
 
 def materialized_through(store: FeatureStore) -> dt.datetime | None:
     """How far the online store is loaded: the end of the newest materialized interval, the earliest over the
-    feature views (item content, stamped at publish time, is left out), or None while a view has none."""
+    feature views (item content, stamped at publish time, and the views with writers of their own are left out),
+    or None while a view has none."""
     ends = []
     for view in store.list_feature_views():
-        if view.name == "item_content_fv":
+        if view.name in ("item_content_fv", *OWN_WRITER_VIEWS):
             continue
         if not view.materialization_intervals:
             return None
