@@ -73,8 +73,10 @@ def test_the_chain_runs_on_celery_with_postgres_and_redis(
 
     client, settings, runs = prod_platform.client, prod_platform.settings, chain
     assert states(runs) == {dag: ["success"] for dag in CHAIN}, failures(client, runs)
-    # Every task went through the broker to the one worker.
-    tasks = sum(len(client.task_instances(dag, r["dag_run_id"])) for dag, rs in runs.items() for r in rs)
+    # Every task that ran went through the broker to the one worker (a skipped task, e.g. train_models' content
+    # tower step when no tower is chosen, never reaches a worker).
+    tasks = sum(ti["state"] == "success" for dag, rs in runs.items() for r in rs
+                for ti in client.task_instances(dag, r["dag_run_id"]))  # fmt: skip
     assert len(SUCCEEDED.findall(worker_log(prod_platform, 1).read_text())) == tasks
     # Airflow's metadata and MLflow's registry are in PostgreSQL, each in its own database.
     engine = sa.create_engine(settings.airflow_db_url)
