@@ -207,7 +207,9 @@ def train_content_tower(
     resolved = cfg.model_dump()
     key = training_key(NAME, resolved, {}, lineage)
     use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
-    existing = _trained_version(key) if reuse else None
+    from pipelines.training.api import find_trained  # the rankers' module: torch rankers, not at import
+
+    existing = find_trained(settings, NAME, key) if reuse else None
     if existing is not None:
         mlflow.MlflowClient().set_registered_model_alias(REGISTERED, "candidate", existing.version)
         log.info("%s v%s was trained with key %s: reused as candidate", REGISTERED, existing.version, key)
@@ -225,17 +227,6 @@ def train_content_tower(
         version = log_and_register(fitted, items.head(5))
     return {"model": NAME, "run_id": run.info.run_id, "registered_model": REGISTERED, "version": version,
             "reused": False, "training_key": key, "metrics": final, **fitted.counts}  # fmt: skip
-
-
-def _trained_version(key: str):
-    """The registered version of a finished run with ``training_key`` = ``key``, or None."""
-    runs = mlflow.search_runs(experiment_names=[TRAINING_EXPERIMENT], output_format="list", max_results=1,
-                              filter_string=f"tags.training_key = '{key}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"])  # fmt: skip
-    if not runs:
-        return None
-    versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{runs[0].info.run_id}'")
-    return next((v for v in versions if v.name == REGISTERED), None)
 
 
 def train_for_catalog(settings: Settings, model: Model, request: TrainRequest) -> dict:
