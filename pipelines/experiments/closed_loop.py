@@ -68,7 +68,11 @@ class ClosedLoopConfig(BaseModel):
     model: str = "esmm"
     train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
     gate: dict = Field(
-        default_factory=lambda: {"floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5}, "allow_skipped_cold_checks": True},
+        default_factory=lambda: {
+            "floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5},
+            "cold_floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5},
+            "allow_skipped_cold_checks": True,
+        },
         description="GateConfig overrides for staging the model (a few small days train a weaker model than the "
         "platform's week, held out on one small day: the floors only refuse a model worse than random, on the "
         "cold slices too; the new-user x new-item cross is too small to judge on one small day, so skipped cold "
