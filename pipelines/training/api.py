@@ -35,15 +35,21 @@ def train(model: str, request: TrainRequest) -> dict:
     return entry.call("train", settings, entry, request)
 
 
-def train_ranker(settings: Settings, model: Model, request: TrainRequest) -> dict:
-    """The rankers' ``train`` hook: the request's window (or ``window_days`` clean days ending at its ``end``),
-    POSO and UIE as asked, then :func:`train_for_run`."""
+def request_window(settings: Settings, model: Model, request: TrainRequest) -> tuple[dt.date, dt.date]:
+    """A train request's window: as given, or ``window_days`` clean days ending at its ``end``."""
     if request.start is None:
         if request.end is None:
             raise ValueError(f"training {model.name} needs the window's last day (`end`)")
         start, end = training_window(Store(settings.data_dir, request.dataset), request.end, request.window_days)
     else:
         start, end = request.start, request.end or request.start
+    return start, end
+
+
+def train_ranker(settings: Settings, model: Model, request: TrainRequest) -> dict:
+    """The rankers' ``train`` hook: the request's window (or ``window_days`` clean days ending at its ``end``),
+    POSO and UIE as asked, then :func:`train_for_run`."""
+    start, end = request_window(settings, model, request)
     config = {"poso": request.poso} | ({"uie": {}} if request.uie and model.options.get("uie") else {})
     return train_for_run(model.name, request.dataset, start, end, config | request.overrides,
                          request.train.model_dump(exclude_defaults=True), reuse=request.reuse,

@@ -232,14 +232,9 @@ def train_content_tower(
 def train_for_catalog(settings: Settings, model: Model, request: TrainRequest) -> dict:
     """The content family's ``train`` hook: the request's window (or ``window_days`` clean days ending at its
     ``end``), the tower's config from the request (:meth:`ContentTowerTraining.from_request`)."""
-    from pipelines.training.api import training_window
+    from pipelines.training.api import request_window
 
-    if request.start is None:
-        if request.end is None:
-            raise ValueError(f"training {model.name} needs the window's last day (`end`)")
-        start, end = training_window(Store(settings.data_dir, request.dataset), request.end, request.window_days)
-    else:
-        start, end = request.start, request.end or request.start
+    start, end = request_window(settings, model, request)
     cfg = ContentTowerTraining.from_request(request)
     result = train_content_tower(settings, request.dataset, start, end, cfg, reuse=request.reuse)
     result["gate"] = gate_tower(result["version"], float(model.options.get("triplet_accuracy_floor", 0.6)))
