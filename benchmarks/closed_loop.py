@@ -47,6 +47,35 @@ def _with_cold_path(case: dict, cold_path: str) -> dict:
     return {**case, **arms, "train": {"epochs": 2, "lr": 0.003, **train}}
 
 
+def _with_content_prior(case: dict, on: bool) -> dict:
+    """Both arms' guaranteed-exposure configs with the content tower's predicted quality as each new item's prior
+    (``content_quality_weight`` 1, the default) or without it (0: every new item starts from the pooled CTR)."""
+    out = dict(case)
+    for arm in ("control", "treatment"):
+        exposure = dict(out.get(arm, {}).get("exposure", {}))
+        if exposure.get("enabled", True):
+            exposure["content_quality_weight"] = 1.0 if on else 0.0
+            out[arm] = {**out.get(arm, {}), "exposure": exposure}
+    return out
+
+
+def target_quality(home: str) -> dict:
+    """Per author group, over the judged new items: rank correlation of the target the near-line state set and of
+    the exposures they got with the items' hidden quality (the truth layer, read here only, to judge)."""
+    import glob
+
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    exp = glob.glob(f"{home}/experiments/*")[0]
+    judged = pd.read_parquet(f"{exp}/judged_items.parquet").dropna(subset=["target"])
+    truth = pd.read_parquet(f"{exp}/data/closed_loop/truth/item_truth.parquet", columns=["item_id", "quality"])
+    rows = judged.merge(truth, on="item_id")
+    return {str(g): {"n": len(r), "target_rho": float(spearmanr(r["target"], r["quality"]).statistic),
+                     "exposure_rho": float(spearmanr(r["exposures"], r["quality"]).statistic)}
+            for g, r in rows.groupby("group")}  # fmt: skip
+
+
 def new_item_ctr(home: str, window: list[str], hours: int = 24) -> dict:
     """Per author group: CTR of new items (impressions in their first ``hours``), authors as units (delta method)."""
     import duckdb
@@ -79,6 +108,8 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
     from pipelines.settings import get_settings
 
     fields = _with_cold_path(CASES[case], opts.cold_path) if opts.cold_path else CASES[case]
+    if opts.content_prior is not None:
+        fields = _with_content_prior(fields, opts.content_prior == "on")
     cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design=opts.design, users=opts.users, seed=seed,
                            pre_days=opts.pre_days, days=opts.days, impressions_per_day=opts.impressions_per_day,
                            **({"treatment_share": opts.treatment_share} if opts.treatment_share else {}),
@@ -88,11 +119,13 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
         out = run_closed_loop(get_settings(home=home, profile="local"), cfg)
         wall = time.perf_counter() - started
         new_items = new_item_ctr(home, out["window"]) if cfg.design != "user_split" else {}
+        quality = target_quality(home)
     ctr = out["headline"].get("ctr", {})
     return {"case": case, "seed": seed, "cold_path": opts.cold_path, "impressions": out["impressions"],
             "wall_s": wall, "timings": out["timings"], "experiment_days_s": out["experiment_days_s"],
             "target_reach": out["target_reach"], "new_item_share": out["new_item_share"], "ctr": ctr,
-            "new_item_ctr": new_items, "staged": out["staged"]}  # fmt: skip
+            "new_item_ctr": new_items, "target_quality": quality, "content_prior": opts.content_prior,
+            "staged": out["staged"]}  # fmt: skip
 
 
 def main() -> None:
@@ -118,6 +151,12 @@ def main() -> None:
         default=None,
         help="Train and serve new items on this cold path in both arms (default: the platform's).",
     )
+    parser.add_argument(
+        "--content-prior",
+        choices=["on", "off"],
+        default=None,
+        help="The tower's predicted quality as each new item's exposure prior, or not (default: the platform's).",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "closed_loop.json")
     opts = parser.parse_args()
     runs = [run_case(case, seed, opts) for case in opts.cases for seed in opts.seeds]
@@ -140,6 +179,10 @@ def main() -> None:
             ci = lift.get("rel_ci", [float("nan")] * 2)
             print(f"{run['case']} seed {run['seed']}: new-item CTR (first 24 h) {groups}; treatment vs control "
                   f"{lift.get('rel_diff', float('nan')):+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]")  # fmt: skip
+    for run in runs:
+        rho = ", ".join(f"{g} target {v['target_rho']:+.3f} exposures {v['exposure_rho']:+.3f} (n={v['n']})"
+                        for g, v in run["target_quality"].items())  # fmt: skip
+        print(f"{run['case']} seed {run['seed']}: Spearman with hidden quality: {rho}")
     for run in runs:
         shares = ", ".join(f"{arm} {share:.2%}" for arm, share in run["new_item_share"].items())
         print(f"{run['case']} seed {run['seed']}: new-item share of the impressions credited to each group: {shares}")

@@ -63,6 +63,9 @@ def _describe(name: str) -> str:
         "cuped": Param(default(ClosedLoopConfig, "cuped"), type="boolean", description=_describe("cuped")),
         "model": Param(default(ClosedLoopConfig, "model"), type="string"),
         "train": Param(default(ClosedLoopConfig, "train"), type="object", description=_describe("train")),
+        "content_tower": Param(
+            default(ClosedLoopConfig, "content_tower"), type=["null", "object"], description=_describe("content_tower")
+        ),
         "gate": Param(default(ClosedLoopConfig, "gate"), type="object", description=_describe("gate")),
         "control": Param(default(ClosedLoopConfig, "control"), type="object", description=_describe("control")),
         "treatment": Param(default(ClosedLoopConfig, "treatment"), type="object", description=_describe("treatment")),

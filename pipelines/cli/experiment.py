@@ -37,6 +37,9 @@ def experiment(
     out = run_closed_loop(_settings(), cfg)
     rows = {"impressions": out["impressions"], "staged": f"{out['staged']['model']} v{out['staged']['version']}",
             "window": " .. ".join(out["window"])}  # fmt: skip
+    if "content_tower" in out["staged"]:
+        tower = out["staged"]["content_tower"]
+        rows["content tower"] = f"v{tower['version']} ({tower['gate']})"
     for name, metric in out["headline"].items():
         rows[name] = (f"control {metric['control']:.4f}  treatment {metric['treatment']:.4f}  "
                       f"lift {metric['rel_diff']:+.2%}  p {metric['p_value']:.3f}")  # fmt: skip

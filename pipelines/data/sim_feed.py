@@ -47,8 +47,9 @@ class Feed(Protocol):
         """The slates to show: ``slate_size`` items per request, chosen from its candidates, best first."""
 
     def published(self, publishes: pa.Table) -> None:
-        """The day's publish events (the ``publishes`` contract table: item, author, publish time); on the
-        first day also the items published before the log starts."""
+        """The day's publish events, each with the item as its author filed it (the ``items`` contract table:
+        item, author, publish time, category, keywords, content vector); on the first day also the items
+        published before the log starts."""
 
     def logged(self, impressions: pa.Table) -> None:
         """An hour's logged impressions (the ``impressions`` contract table), once the hour is over."""

@@ -145,12 +145,14 @@ class Simulator:
         new_items = world.publish(day_us)
         first_day = day_index == 0
         day_items = np.concatenate([boot_items, new_items]) if first_day else new_items
-        self.feed.published(sim_tables.publishes_table(world, day_items))  # draws nothing: the bytes stay the same
+        # The items as filed (the content draws from its own stream, once per item, whatever the feed is).
+        items = sim_tables.items_table(world, day_items)
+        self.feed.published(items)  # draws nothing from the run's generator: the bytes stay the same
         traffic = self._traffic(day_index, day, day_us)
         world.update_author_early_exposure(day_us)
         day_users = np.concatenate([boot_users, new_users]) if first_day else new_users
         self.store.write("users", day, sim_tables.users_table(world, day_users))
-        self.store.write("items", day, sim_tables.items_table(world, day_items))
+        self.store.write("items", day, items)
         self.store.write("publishes", day, sim_tables.publishes_table(world, new_items))
         self.store.write("assignments", day, sim_tables.assignments_table(world, day_users, day_us, first_day))
         summary.add_day(day, traffic, signups=len(new_users), publishes=len(new_items))

@@ -66,6 +66,14 @@ class ClosedLoopConfig(BaseModel):
     )
     cuped: bool = Field(True, description="CUPED in the readout, with the pre-period as covariate days.")
     model: str = "esmm"
+    content_tower: dict | None = Field(
+        default_factory=lambda: {"triplets": {"max_triplets": 20_000},
+                                 "train": {"epochs": 6, "batch_size": 128, "lr": 0.003}},
+        description="ContentTowerTraining overrides (`model`, `triplets`, `train`) of the content tower trained "
+        "on the pre-period before the ranker, as `train_models` does: its vectors place new items among their "
+        "content neighbours, its predicted quality is each new item's exposure prior. None: no tower (raw content "
+        "vectors, every new item starts from the pooled CTR).",
+    )  # fmt: skip
     train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
     gate: dict = Field(
         default_factory=lambda: {
@@ -224,6 +232,8 @@ class _Loop:
         self.feast = get_store(self.settings, self.cfg.dataset)
         for day in self.days:
             materialize_day(self.feast, self.layout, day)
+        if self.cfg.content_tower is not None:
+            self.staged["content_tower"] = self.train_tower()
         trained = train_for_run(self.cfg.model, self.cfg.dataset, self.days[0], self.days[-2], {}, dict(self.cfg.train),
                                 settings=self.settings)  # fmt: skip
         quick = EvaluationConfig(n_bootstrap=0, gate=dict(self.cfg.gate))
@@ -232,19 +242,32 @@ class _Loop:
             raise ExperimentError(f"the gate blocked {self.cfg.model} v{trained['version']}: "
                                + "; ".join(gate["gate"]["reasons"]))  # fmt: skip
         overall = gate["slices"]["overall"]["tasks"]["ctr"]["candidate"]["auc"]["value"] if "slices" in gate else None
-        self.staged = {"model": self.cfg.model, "version": trained["version"], "held_out_ctr_auc": overall,
-                       "evaluation": gate["report"]["html"]}  # fmt: skip
+        self.staged |= {"model": self.cfg.model, "version": trained["version"], "held_out_ctr_auc": overall,
+                        "evaluation": gate["report"]["html"]}  # fmt: skip
         self.simulator.feed = self.platform_feed(trained["version"])
+
+    def train_tower(self) -> dict:
+        """The content family's own train hook on the ranker's window: it gates itself (``champion`` when its
+        held-out triplet accuracy clears the floor) and writes every item's row to Feast."""
+        from pipelines.catalog import model as catalog_model
+        from pipelines.training.config import TrainRequest
+
+        entry = catalog_model("content_tower")
+        request = TrainRequest(dataset=self.cfg.dataset, start=self.days[0], end=self.days[-2],
+                               overrides=dict(self.cfg.content_tower))  # fmt: skip
+        result = entry.call("train", self.settings, entry, request)
+        return {"version": result["version"], "gate": result["gate"]["reason"]}
 
     def platform_feed(self, version: str):
         import mlflow
 
         from pipelines.catalog import model as catalog_model
         from pipelines.experiments.feed import PlatformFeed
+        from pipelines.features.content_tower import publish_tower_rows
         from pipelines.serving.content_vectors import load_tower
         from pipelines.serving.features import FeastFeatures
         from pipelines.serving.nearline import NearlineState
-        from pipelines.serving.nearline_ingest import feast_author_scores
+        from pipelines.serving.nearline_ingest import feast_author_scores, feast_content_quality
         from pipelines.serving.ranker import RankerCore
         from pipelines.serving.ranker_bento import known_items
 
@@ -255,7 +278,7 @@ class _Loop:
         # The bento's known-items table as of the training window's end: new items take content-kNN rows.
         items = known_items(self.settings.home, self.cfg.dataset, self.days[-2])
         # As the bento: the champion content tower (if any) puts known and new items in its space.
-        tower = load_tower(self.settings) if arms[0].knn_vectors == "tower" else None
+        tower = load_tower(self.settings)  # the core uses it only for knn_vectors="tower"
         core = RankerCore(wrapper, items=items, config=arms[0], version=version, tower=tower)
         features = FeastFeatures(self.settings, self.cfg.dataset)
         nearline = NearlineState.open(self.settings, self.cfg.dataset, self.cfg.judge())
@@ -271,8 +294,13 @@ class _Loop:
                 return world.a_bucket.view[world.i_author.view[candidates.items]]
 
         balanced = self.cfg.new_item_hours if self.cfg.design == "balanced_author_split" else None
+        # As the near-line writer does: a new item's tower row (vector and predicted quality) goes online when
+        # it is published, and the tick reads the predicted quality as the item's prior.
+        publish = None if tower is None else (lambda items: publish_tower_rows(self.feast, tower, items))
+        quality = None if tower is None else feast_content_quality(self.feast)
         return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size, nearline,
-                            feast_author_scores(self.feast), balanced_new_item_hours=balanced)  # fmt: skip
+                            feast_author_scores(self.feast), balanced_new_item_hours=balanced,
+                            on_publish=publish, content_quality=quality)  # fmt: skip
 
     def read_out(self) -> dict:
         """The experiment period's readout and report under the experiment home."""

@@ -70,6 +70,8 @@ class PlatformFeed:
         nearline=None,
         author_scores=None,
         balanced_new_item_hours: float | None = None,
+        on_publish: Callable[[pd.DataFrame], int] | None = None,
+        content_quality=None,
     ) -> None:
         """
         Args:
@@ -91,6 +93,11 @@ class PlatformFeed:
                 own new candidates in the order of its arm's policies. So each group's new items get the slots
                 and positions they would get without the experiment, and a treatment only changes which of its
                 own new items fill them. None: each slot is ranked by its arm's policies (no shares held).
+            on_publish: called with each publish batch's items (``item_id``, ``publish_time`` and the content)
+                as they are published, e.g. to write their content-tower rows online
+                (:func:`~pipelines.features.content_tower.publish_tower_rows`).
+            content_quality: what the near-line tick reads each new item's predicted content quality from
+                (:func:`~pipelines.serving.nearline_ingest.feast_content_quality`); None: no content prior.
         """
         self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
         self.slate_size = slate_size
@@ -101,16 +108,20 @@ class PlatformFeed:
         self.controllers = {arm: HourlyController(nearline, arms[arm].exposure) for arm in paced}
         self.balanced_new_item_hours = balanced_new_item_hours
         self.author_scores = author_scores
+        self.on_publish, self.content_quality = on_publish, content_quality
         self.targets: dict[int, tuple[float, float]] = {}  # item -> (target, exposures) as the state last had them
         self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
         self._pending: pa.Table | None = None  # published items not yet handed to the near-line writer
 
     # ---- what the platform learns ------------------------------------------------------------------------
     def published(self, publishes: pa.Table) -> None:
-        """Publish events: each item's publish time, for the age-based policies."""
+        """Publish events: each item's publish time, for the age-based policies; its content, for the
+        ``on_publish`` hook."""
         items = np.asarray(publishes["item_id"], dtype=np.int64)
         if not len(items):
             return
+        if self.on_publish is not None:
+            self.on_publish(publishes.to_pandas())
         if items.max() >= len(self._published):
             grown = np.full(max(int(items.max()) + 1, 2 * len(self._published)), np.nan)
             grown[: len(self._published)] = self._published
@@ -137,7 +148,7 @@ class PlatformFeed:
             published = pending.filter(pa.array(due))
             state.publish(np.asarray(published["item_id"]), published["author_id"].to_pylist(), pending_times[due])
         state.record_impressions(items, times / US, clicks)
-        state.tick(hour_end, self.author_scores)
+        state.tick(hour_end, self.author_scores, self.content_quality)
         snap = state.snapshot()  # the last word on each item before the tick that forgets it
         pairs = zip(snap["target"].tolist(), snap["exposures"].tolist(), strict=True)
         self.targets.update(zip(snap["item_id"].tolist(), pairs, strict=True))

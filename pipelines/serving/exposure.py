@@ -65,6 +65,11 @@ class ExposureConfig(BaseModel):
     author_default_score: float = Field(
         0.5, ge=0, le=1, description="Author score of an author with no history (no smoothed CTR in Feast)."
     )
+    content_quality_weight: float = Field(
+        1.0, ge=0, le=2, description="c in each item's own prior p·exp(c·(q_i - mean q)), q the content tower's "
+        "predicted quality (log clicks over expected clicks): how far content alone moves an unshown item's "
+        "quality score, before its own clicks take over. 0: every item starts from the pooled CTR.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> ExposureConfig:
@@ -147,13 +152,37 @@ def midrank_percentile(values: np.ndarray) -> np.ndarray:
     return (first + (counts - 1) / 2 + 0.5)[inverse] / len(values)
 
 
-def posterior_ctr(clicks: np.ndarray, exposures: np.ndarray, cfg: ExposureConfig) -> np.ndarray:
-    """Beta-binomial posterior mean CTR ``(clicks + m·prior) / (exposures + m)``, the prior being the pooled CTR
-    of the given items (empirical Bayes; 0 when none has been shown) and ``m = cfg.quality_prior_strength``."""
+def posterior_ctr(
+    clicks: np.ndarray, exposures: np.ndarray, cfg: ExposureConfig, content_quality: np.ndarray | None = None
+) -> np.ndarray:
+    """Beta-binomial posterior mean CTR ``(clicks + m·p_i) / (exposures + m)`` with ``m =
+    cfg.quality_prior_strength``.
+
+    The prior ``p_i = p · exp(c · (q_i - q̄))``: ``p`` the pooled CTR of the given items (empirical Bayes; 0 when
+    none has been shown), ``q_i`` the content tower's predicted quality (a log ratio of clicks to expected
+    clicks, so ``exp`` of its deviation from the mean ``q̄`` of the items that have one scales the pooled CTR),
+    ``c = cfg.content_quality_weight``; the exponent is clipped to [-2, 2] (a prior at most e² off the pool).
+    Items without a prediction (NaN, or ``content_quality`` None) get ``p``. So an item nobody has seen is
+    ranked by its content, and its own clicks outweigh the content once its exposures pass ``m``. Before any of
+    the items has been shown ``p`` is unknown and taken as 1: every value is then its prior scale alone, which
+    orders the items by content as the percentile needs (not a CTR).
+    """
     clicks, exposures = np.asarray(clicks, float), np.asarray(exposures, float)
-    prior = clicks.sum() / exposures.sum() if exposures.sum() > 0 else 0.0
+    prior = clicks.sum() / exposures.sum() if exposures.sum() > 0 else 1.0
     m = cfg.quality_prior_strength
-    return (clicks + m * prior) / (exposures + m)
+    return (clicks + m * prior * content_prior_scale(content_quality, len(clicks), cfg)) / (exposures + m)
+
+
+def content_prior_scale(content_quality: np.ndarray | None, n: int, cfg: ExposureConfig) -> np.ndarray:
+    """``exp(clip(c · (q_i - q̄), -2, 2))`` per item (1 where ``q_i`` is missing): see :func:`posterior_ctr`."""
+    if content_quality is None or cfg.content_quality_weight == 0:
+        return np.ones(n)
+    q = np.asarray(content_quality, float)
+    known = np.isfinite(q)
+    if not known.any():
+        return np.ones(n)
+    deviation = np.where(known, q - q[known].mean(), 0.0)
+    return np.exp(np.clip(cfg.content_quality_weight * deviation, -2.0, 2.0))
 
 
 def author_percentiles(author_ctr: Mapping[int, float | None]) -> dict[int, float]:

@@ -16,13 +16,18 @@ Who does what (the control law itself is :mod:`pipelines.serving.exposure`'s, wr
   gain as last ticked and ``d`` the deficit at request time from the exposures counted so far. A service's own
   answers are not exposures; only what the logs say was shown counts.
 
-Quality estimate, the rule by which evidence moves a new item's target (``ExposureConfig`` fields in brackets):
-at each tick, over the active new items, the Beta-binomial posterior mean CTR
-``ctr_i = (clicks_i + m · p) / (exposures_i + m)`` with ``p = Σ clicks / Σ exposures`` the pooled CTR of the
-active new items (empirical Bayes) and ``m`` the prior strength [``quality_prior_strength``, 100]; the quality
-score is ``ctr_i``'s mid-rank percentile among them. An item with no exposures sits at the prior, in the middle
-(all without evidence: 0.5 each, which is also the score an item gets when published); as clicks and exposures
-arrive it moves towards its own CTR and its target follows, until the item is ``ramp_hours`` old: from then on
+Quality estimate, the rule by which content and then evidence move a new item's target (``ExposureConfig``
+fields in brackets): at each tick, over the active new items, the Beta-binomial posterior mean CTR
+``ctr_i = (clicks_i + m · p_i) / (exposures_i + m)`` with ``m`` the prior strength [``quality_prior_strength``,
+100] and the item's own prior ``p_i = p · exp(c · (q_i - q̄))``: ``p = Σ clicks / Σ exposures`` the pooled CTR
+of the active new items (empirical Bayes), ``q_i`` the content tower's predicted content quality (Feast's
+``item_content_tower_fv.content_quality``, written when the item is published; see
+:func:`pipelines.serving.nearline_ingest.feast_content_quality`) and ``c`` [``content_quality_weight``, 1]
+(:func:`~pipelines.serving.exposure.posterior_ctr`). The quality score is ``ctr_i``'s mid-rank percentile among
+them. An item with no exposures sits at its content's prior (no tower, or no prediction for it: the pooled CTR,
+in the middle; all without evidence or content: 0.5 each, which is also the score an item gets when
+published); as clicks and exposures arrive it moves towards its own CTR and its target follows, until the item
+is ``ramp_hours`` old: from then on
 its quality and author scores, hence its target, stay as last estimated, so the rest of the window goes to
 meeting a target that no longer moves (re-estimating to the end missed more targets in the simulated day of
 ``tests/model/test_serving_policies.py``: 93% reached against 98%).
@@ -59,6 +64,7 @@ from pipelines.serving.nearline_backends import COLUMNS, Backend, RedisBackend, 
 from pipelines.settings import Settings
 
 AuthorScores = Mapping[int, float] | Callable[[list[int]], Mapping[int, float]]
+ContentQuality = Mapping[int, float] | Callable[[list[int]], Mapping[int, float]]
 WATERMARK = "ingested_through"
 
 
@@ -140,7 +146,12 @@ class NearlineState:
             self.backend.add(uniq[seen], exposures[seen], clicked[seen])
         return int(exposures.sum())
 
-    def tick(self, now: float | dt.datetime, author_scores: AuthorScores | None = None) -> int:
+    def tick(
+        self,
+        now: float | dt.datetime,
+        author_scores: AuthorScores | None = None,
+        content_quality: ContentQuality | None = None,
+    ) -> int:
         """The near-line controller step at ``now``; run by the single writer. Returns the active items' count.
 
         Args:
@@ -148,6 +159,9 @@ class NearlineState:
             author_scores: author id -> score in [0, 1], or a callable given the active items' author ids that
                 returns one (see :func:`pipelines.serving.nearline_ingest.feast_author_scores`). Authors missing
                 from it get ``author_default_score``. None: every item keeps its last author score.
+            content_quality: item id -> the content tower's predicted quality, or a callable given the active
+                items' ids that returns one (:func:`pipelines.serving.nearline_ingest.feast_content_quality`);
+                items missing from it, or None, start from the pooled CTR.
         """
         now, cfg = to_seconds(now), self.cfg
         ids, cols = self.backend.read(None)
@@ -158,7 +172,8 @@ class NearlineState:
         ids, age, cols = ids[~expired], age[~expired], {k: v[~expired] for k, v in cols.items()}
         if not len(ids):
             return 0
-        quality = midrank_percentile(posterior_ctr(cols["clicks"], cols["exposures"], cfg))
+        predicted = self._content_quality(ids, content_quality)
+        quality = midrank_percentile(posterior_ctr(cols["clicks"], cols["exposures"], cfg, predicted))
         author = self._author_scores(cols["author_id"], cols["author_score"], author_scores)
         settled = age >= cfg.ramp_hours  # past the ramp the target stays put: the rest of the window is for meeting it
         quality, author = np.where(settled, cols["quality"], quality), np.where(settled, cols["author_score"], author)
@@ -168,6 +183,15 @@ class NearlineState:
         self.backend.update(ids, {"quality": quality, "author_score": author, "target": target, "log_gain": log_gain,
                                   "error": error, "updated": np.maximum(cols["updated"], now)})  # fmt: skip
         return len(ids)
+
+    @staticmethod
+    def _content_quality(item_ids: np.ndarray, quality: ContentQuality | None) -> np.ndarray | None:
+        if quality is None:
+            return None
+        if callable(quality):
+            quality = quality(item_ids.tolist())
+        values = [quality.get(int(i)) for i in item_ids.tolist()]
+        return np.array([np.nan if v is None else v for v in values], float)
 
     def _author_scores(self, author_ids: np.ndarray, last: np.ndarray, scores: AuthorScores | None) -> np.ndarray:
         default = self.cfg.author_default_score

@@ -6,7 +6,9 @@ and the controller ticks at the hour's end. The state's watermark (the end of th
 re-run skip what was already counted, so ingesting a day twice gives the same state.
 
 Author scores come from Feast's ``author_stats_fv`` (:func:`feast_author_scores`): the percentile of
-``author_ctr_smoothed`` among the authors of the active new items that have a value.
+``author_ctr_smoothed`` among the authors of the active new items that have a value. Predicted content quality
+comes from Feast's ``item_content_tower_fv`` (:func:`feast_content_quality`), whose rows the publish hook
+(:func:`~pipelines.features.content_tower.tower_publisher`) writes as items enter the state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow.compute as pc
 
 from pipelines.data.contract import Store, day_bounds
 from pipelines.serving.exposure import HOUR, author_percentiles
-from pipelines.serving.nearline import AuthorScores, NearlineState
+from pipelines.serving.nearline import AuthorScores, ContentQuality, NearlineState
 
 
 def _seconds(column: pa.ChunkedArray) -> np.ndarray:
@@ -57,6 +59,7 @@ def ingest_day(
     layer: str = "clean",
     author_scores: AuthorScores | None = None,
     on_publish: Callable[[np.ndarray, dt.date, dt.date], int] | None = None,
+    content_quality: ContentQuality | None = None,
 ) -> dict[str, int]:
     """Feed the state from one day of logs, hour by hour, ticking at each hour's end.
 
@@ -69,6 +72,8 @@ def ingest_day(
         on_publish: called with the ids of the items entering the state each hour, and the first and last
             ``items`` partition they come from (e.g. :func:`~pipelines.features.content_tower.tower_publisher`,
             which writes their content-tower vectors online at publish time).
+        content_quality: passed to every tick (e.g. :func:`feast_content_quality`): the content tower's
+            predicted quality sets each new item's prior, so its target differs by content before any click.
 
     Returns:
         Counts: ``hours`` ingested (hours before the watermark are skipped), items ``published`` for the first
@@ -104,7 +109,7 @@ def ingest_day(
         published_upto = max(published_upto, due)
         rows = (hour_of == hour) & (times >= watermark)
         counts["impressions"] += state.record_impressions(item_ids[rows], times[rows], clicks[rows])
-        counts["active"] = state.tick(end, author_scores)
+        counts["active"] = state.tick(end, author_scores, content_quality)
         state.set_watermark(end)
         counts["hours"] += 1
     return counts
@@ -127,3 +132,23 @@ def feast_author_scores(feature_store) -> Callable[[list[int]], dict[int, float]
         return author_percentiles(dict(zip(author_ids, values, strict=True)))
 
     return scores
+
+
+def feast_content_quality(feature_store) -> Callable[[list[int]], dict[int, float]]:
+    """Predicted content quality from the Feast online store (``item_content_tower_fv:content_quality``, the
+    content tower's log clicks over expected clicks); items without a row are left out (they start from the
+    pooled CTR).
+
+    Args:
+        feature_store: a ``feast.FeatureStore`` with ``item_content_tower_fv`` applied.
+    """
+
+    def quality(item_ids: list[int]) -> dict[int, float]:
+        if not item_ids:
+            return {}
+        values = feature_store.get_online_features(
+            features=["item_content_tower_fv:content_quality"], entity_rows=[{"item_id": i} for i in item_ids]
+        ).to_dict()["content_quality"]
+        return {i: float(v) for i, v in zip(item_ids, values, strict=True) if v is not None and math.isfinite(v)}
+
+    return quality

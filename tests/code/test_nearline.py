@@ -70,6 +70,46 @@ def test_quality_rule_units() -> None:
     assert author_percentiles({7: 0.02, 8: None, 9: 0.05, 10: float("nan")}) == {7: 0.25, 9: 0.75}
 
 
+def test_predicted_content_quality_sets_each_items_prior_until_its_clicks_take_over() -> None:
+    cfg = ExposureConfig(quality_prior_strength=100, content_quality_weight=1.0)
+    q = np.array([0.5, -0.5, np.nan, 0.0])  # the tower's log clicks over expected clicks; NaN: no prediction
+    unshown = posterior_ctr(np.zeros(4), np.zeros(4), cfg, q)
+    # Nobody shown yet: the order is the content's; the item without a prediction sits at the pooled prior.
+    assert unshown[0] > unshown[3] == unshown[2] > unshown[1]
+    np.testing.assert_allclose(unshown[[0, 1]] / unshown[2], np.exp([0.5, -0.5]))
+    clicks, exposures = np.array([0.0, 100.0, 5.0, 5.0]), np.array([0.0, 1000.0, 1000.0, 1000.0])
+    prior = 110 / 3000
+    scale = np.exp([0.5, -0.5, 0.0, 0.0])  # mean of the known q is 0
+    expected = (clicks + 100 * prior * scale) / (exposures + 100)
+    np.testing.assert_allclose(posterior_ctr(clicks, exposures, cfg, q), expected)
+    # Its own clicks outweigh the content: item 1 (predicted poor, 10% over 1000 shows) beats unshown item 0.
+    ranked = midrank_percentile(posterior_ctr(clicks, exposures, cfg, q))
+    assert ranked[1] > ranked[0]
+    # Weight 0, or no predictions: the pooled prior of before.
+    off = ExposureConfig(quality_prior_strength=100, content_quality_weight=0.0)
+    np.testing.assert_allclose(posterior_ctr(clicks, exposures, off, q), posterior_ctr(clicks, exposures, cfg))
+    # The deviation is clipped at e^±2, so one wild prediction cannot take over the pool.
+    wild = posterior_ctr(np.zeros(2), np.zeros(2), cfg, np.array([40.0, 0.0]))
+    np.testing.assert_allclose(wild[0] / wild[1], np.exp(4.0))
+
+
+def test_tick_differentiates_unshown_items_targets_by_predicted_content_quality(state_factory) -> None:
+    state = state_factory(ExposureConfig())
+    state.publish([1, 2, 3, 4], [None] * 4, np.full(4, T0))
+    asked = []
+
+    def quality(ids: list[int]) -> dict[int, float]:
+        asked.append(sorted(ids))
+        return {1: 0.5, 2: -0.5, 4: 0.9}  # item 3 has no tower row: it sits at their mean
+
+    state.tick(T0 + HOUR, content_quality=quality)
+    assert asked == [[1, 2, 3, 4]]  # the active items, once per tick
+    snap = state.snapshot([1, 2, 3, 4])
+    assert snap["target"][3] > snap["target"][0] > snap["target"][2] > snap["target"][1]
+    state.tick(T0 + 2 * HOUR)  # no predictions: back to one score for all
+    assert len(set(state.snapshot([1, 2, 3, 4])["target"].tolist())) == 1
+
+
 def test_publish_record_tick_and_serve(state_factory) -> None:
     cfg = ExposureConfig(ki=0.5)
     state = state_factory(cfg)

@@ -215,6 +215,23 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
         GROUP BY 1""").fetchall()  # fmt: skip
     mean = dict(first_day_exposures)
     assert mean["treatment"] > mean["control"], mean
+    # The experiment trained its own content tower before the ranker; each item published during the experiment
+    # got its tower row (vector, predicted quality) online at publish time, which the near-line tick reads.
+    import mlflow
+
+    from pipelines.features.store import get_store
+    from pipelines.settings import get_settings
+
+    settings = get_settings(home=exp, profile="local")
+    tower = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_model_version_by_alias("coldstart_content_tower",
+                                                                                          "champion")  # fmt: skip
+    published = duckdb.sql(f"""SELECT item_id FROM read_parquet('{root}/publishes/*/*.parquet')
+                              WHERE publish_time >= TIMESTAMPTZ '2026-01-06 00:00:00+00'""").fetchall()  # fmt: skip
+    rows = [{"item_id": int(i)} for (i,) in published]
+    features = ["item_content_tower_fv:content_quality", "item_content_tower_fv:content_tower_version"]
+    online = get_store(settings, "closed_loop").get_online_features(features=features, entity_rows=rows).to_dict()
+    assert rows and None not in online["content_quality"]
+    assert set(online["content_tower_version"]) == {str(tower.version)}
 
 
 def test_train_models_trains_the_content_tower_before_the_rankers_on_its_own_defaults(dagbag) -> None:

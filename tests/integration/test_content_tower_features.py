@@ -1,6 +1,7 @@
 """The content tower through the platform: trained by ``train_models``' call (``pipelines.training.api.train``),
 made champion by its own gate, its vectors of every item written to Feast and served online, and a newly
-published item's vector written online at publish time by the near-line writer."""
+published item's vector written online at publish time by the near-line writer, whose tick reads its predicted
+quality back as the item's exposure prior."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from pipelines.data.contract import day_bounds
 from pipelines.features.content_tower import TABLE, VIEW, tower_publisher
@@ -15,7 +17,7 @@ from pipelines.features.store import get_store
 from pipelines.serving.content_vectors import load_tower
 from pipelines.serving.nearline import NearlineState
 from pipelines.serving.nearline_backends import SqliteBackend
-from pipelines.serving.nearline_ingest import ingest_day
+from pipelines.serving.nearline_ingest import feast_content_quality, ingest_day
 from pipelines.training.api import train
 from pipelines.training.config import TrainRequest
 
@@ -78,14 +80,28 @@ def test_a_newly_published_item_gets_its_vector_online_at_publish_time(
     fresh = items["item_id"].head(3).tolist()
     assert online(platform, fresh)["content_tower_vector"].isna().all()
     tower = load_tower(platform.settings)
-    hook = tower_publisher(get_store(platform.settings), tower, platform.data)
+    store = get_store(platform.settings)
+    hook = tower_publisher(store, tower, platform.data)
     with NearlineState(SqliteBackend(tmp_path / "nearline.sqlite")) as state:  # not the session's shared state
-        counts = ingest_day(state, platform.data, day, on_publish=hook)
+        counts = ingest_day(state, platform.data, day, on_publish=hook, content_quality=feast_content_quality(store))
     assert counts["embedded"] >= len(items)
     served = online(platform, fresh)
-    expected, _ = tower.embed(items.head(3))
+    expected, predicted = tower.embed(items.head(3))
     np.testing.assert_allclose(np.stack(served["content_tower_vector"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(served["content_quality"], predicted, rtol=1e-5)
     assert (served["content_tower_version"] == trained["version"]).all()
+
+    # Before anyone has seen them, the near-line tick orders new items' targets by the predicted quality it reads
+    # from Feast: the content prior (without it, every unshown item gets the same target).
+    ids = items["item_id"].to_numpy()
+    published = pd.to_datetime(items["publish_time"], utc=True).astype("int64").to_numpy() / 1e9
+    with NearlineState(SqliteBackend(tmp_path / "unshown.sqlite")) as state:
+        state.publish(ids, items["author_id"].tolist(), published)
+        state.tick(published.max() + 1, content_quality=feast_content_quality(store))
+        targets = state.snapshot(ids)["target"]
+    quality = online(platform, ids.tolist())["content_quality"].to_numpy(float)
+    assert len(np.unique(targets)) > len(ids) // 2
+    assert spearmanr(targets, quality).statistic > 0.99
 
 
 def test_the_ranker_bento_packs_the_champion_tower_and_its_known_items_content(
