@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,10 +239,61 @@ ITEM_FIELDS = ["release_year"]
 
 
 def load_rows(data_dir: Path) -> pd.DataFrame:
-    """MeLU's split joined to user fields, item genres (``content_vector``) and release year."""
+    """MeLU's split joined to user fields, item genres (``content_vector``), release year and title."""
     store = Store(data_dir, DATASET)
     split = read_melu_split(data_dir)
     users = store.read_range("users", columns=["user_id", *USER_FIELDS]).to_pandas()
     items = store.read_range("items", columns=["item_id", "content_vector"]).to_pandas()
-    years = pd.read_parquet(store.root / "raw" / "item_titles.parquet")[["item_id", "release_year"]]
-    return split.merge(users, on="user_id").merge(items, on="item_id").merge(years, on="item_id")
+    titles = pd.read_parquet(store.root / "raw" / "item_titles.parquet")[["item_id", "title", "release_year"]]
+    return join_rows(split, users, items.merge(titles, on="item_id"))
+
+
+def join_rows(split: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The split's rows with the user fields and the item columns MeLU and the content tower read (also on the
+    frames of :func:`load_ml1m` directly, which tests use to skip writing the contract)."""
+    item_columns = ["item_id", "content_vector", "title", "release_year"]
+    return split.merge(users[["user_id", *USER_FIELDS]], on="user_id").merge(items[item_columns], on="item_id")
+
+
+# Title tokens that say nothing about a film: articles and conjunctions of the languages in ML-1M's titles.
+# Shorter tokens are dropped anyway ("a", "of", "ii").
+TITLE_STOP_WORDS = frozenset({"the", "and", "for", "with", "from", "les", "los", "las", "der", "die", "das", "des",
+                              "del", "una", "une"})  # fmt: skip
+YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def title_tokens(title: str) -> list[str]:
+    """Lower-cased word tokens of a title, without a trailing "(1995)", tokens under 3 characters or stop words
+    (first occurrence order, no repeats)."""
+    words = re.findall(r"[a-z0-9]+", YEAR_SUFFIX.sub("", str(title)).lower())
+    return list(dict.fromkeys(w for w in words if len(w) >= 3 and w not in TITLE_STOP_WORDS))
+
+
+def tower_content(items: pd.DataFrame) -> pd.DataFrame:
+    """A movie's content as the content tower reads it, from what is known when it is released.
+
+    Derived from ``content_vector`` (the genre multi-hot), ``title`` and ``release_year`` alone, so the same
+    function serves the training catalog, MeLU's rows and a bento request (none of them carry the genre names):
+
+    * ``category``: the first genre in :data:`GENRES` order (ML-1M lists genres in that order, so this is the
+      dataset's first genre);
+    * ``keywords``: the release decade (``decade:1990``) first, then the genres, then :func:`title_tokens` (the
+      tower keeps the first ``max_keywords``; the decade and genres are never cut). Genres keep their capitals,
+      so the genre "Western" and the title word "western" stay distinct keywords;
+    * ``content_vector``: the genre multi-hot plus the release year in decades from 1990: the decade token only
+      says "1990s", the year orders new releases after every training item (the encoder standardises it).
+    """
+    hot = np.stack([np.asarray(v, dtype=np.float32) for v in items["content_vector"]])  # [n, 18]
+    genres = [[GENRES[i] for i in np.flatnonzero(row)] for row in hot]
+    years = items["release_year"].astype(float).to_numpy()
+    keywords = [[f"decade:{int(y) // 10 * 10}", *g, *title_tokens(t)]
+                for y, g, t in zip(years, genres, items["title"], strict=True)]  # fmt: skip
+    vector = np.concatenate([hot, ((years - 1990) / 10)[:, None]], axis=1).astype(np.float32)  # [n, 19]
+    return pd.DataFrame(
+        {
+            "item_id": items["item_id"].to_numpy(np.int64),
+            "category": [g[0] if g else None for g in genres],
+            "keywords": keywords,
+            "content_vector": list(vector),
+        }
+    )

@@ -1,7 +1,11 @@
 """How MeLU is scored for evaluation: on MovieLens-1M in MeLU's four scenarios (its split is chronological: new
 users joined after the warm ones, new items were released later); each user's model is adapted on the user's
 support set and scored on the query set (MAE, RMSE, nDCG with bootstrap intervals). MeLU family's ``evaluate``
-hook."""
+hook.
+
+Each version is scored with its own pyfunc's encoder (``tasks_of(rows, wrapper.encoder)``): a version trained
+with the content tower embeds every item, new ones included, from the rows' content through the tower it carries,
+the same call its pyfunc and the melu bento make; a version without it ignores the extra columns."""
 
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ from pipelines.settings import Settings
 
 
 def side_data(settings: Settings, model: Model, target: Path) -> None:
-    """Item catalog (release year, genres) and the evidence candidates, so the service needs no data store."""
+    """Item catalog (release year, genres, title) and the evidence candidates, so the service needs no data store.
+
+    The title is there for a MeLU trained with the content tower: its encoder embeds each requested item from
+    the catalog row's content (genres, title, year), the call evaluation and training make."""
     import mlflow
 
     from pipelines.data.movielens import ITEM_FIELDS, load_rows
@@ -20,7 +23,7 @@ def side_data(settings: Settings, model: Model, target: Path) -> None:
     from pipelines.training.melu import MeluModel  # noqa: F401  (the pyfunc class must import)
 
     rows = load_rows(settings.data_dir)
-    catalog = rows.drop_duplicates("item_id")[["item_id", *ITEM_FIELDS, "content_vector"]]
+    catalog = rows.drop_duplicates("item_id")[["item_id", *ITEM_FIELDS, "content_vector", "title"]]
     catalog.assign(content_vector=catalog["content_vector"].map(list)).to_parquet(target / "items.parquet")
     wrapper = mlflow.pyfunc.load_model(str(target / "mlflow")).unwrap_python_model()
     import torch

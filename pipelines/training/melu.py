@@ -2,7 +2,9 @@
 updates over task batches), evaluation per scenario (adapt on each user's support set, MAE / RMSE on the query
 set), the pyfunc that serves it and its MLflow registration. The MeLU family's ``train`` hook.
 
-Fields: ``pipelines.data.movielens.USER_FIELDS`` and ``ITEM_FIELDS``; genres as a multi-hot field.
+Fields: ``pipelines.data.movielens.USER_FIELDS`` and ``ITEM_FIELDS``; genres as a multi-hot field; with
+``MeLUConfig.content_tower`` also the item's content-tower vector (``pipelines.training.ml1m_tower``), trained
+on the warm scenario and computed from content for every item, new ones included.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipelines.data.movielens import DATASET, ITEM_FIELDS, USER_FIELDS, load_row
 from pipelines.models.melu import MeLU, MeLUConfig, Task
 from pipelines.settings import Settings, use_mlflow_experiment
 from pipelines.training.config import TrainRequest
+from pipelines.training.ml1m_tower import ItemTower, MovieLensTowerConfig, fit_ml1m_tower
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ NAME = "melu"
 
 @dataclass
 class MeluEncoder:
-    """Vocabularies of the categorical fields (0 = unseen)."""
+    """Vocabularies of the categorical fields (0 = unseen), and the content tower when MeLU reads its vectors
+    (then rows need ``title`` and ``release_year`` beside ``content_vector``: a vector comes from content alone)."""
 
     vocab: dict[str, dict[str, int]]
+    tower: ItemTower | None = None
 
     @classmethod
     def fit(cls, rows: pd.DataFrame) -> MeluEncoder:
@@ -51,11 +56,15 @@ class MeluEncoder:
 
     def transform(self, rows: pd.DataFrame) -> dict:
         rows = rows.reset_index(drop=True)
+        # a dict lookup per value: Series.map with a dict builds a Series per call, most of tasks_of's time
         sparse = np.stack(
-            [rows[c].astype(str).map(self.vocab[c]).fillna(0).to_numpy(np.int64) for c in USER_FIELDS + ITEM_FIELDS], 1
-        )
+            [np.fromiter((self.vocab[c].get(v, 0) for v in rows[c].astype(str)), np.int64, len(rows))
+             for c in USER_FIELDS + ITEM_FIELDS], 1
+        ).reshape(len(rows), -1)  # fmt: skip
         genres = np.stack([np.asarray(v, dtype=np.float32) for v in rows["content_vector"]])
         out = {"sparse": torch.from_numpy(sparse), "multi_hot": [torch.from_numpy(genres)]}
+        if self.tower is not None:
+            out["dense"] = torch.from_numpy(self.tower.embed(rows))  # [n, tower dim]
         if "rating" in rows:
             out["rating"] = torch.from_numpy(rows["rating"].to_numpy(np.float32))
         return out
@@ -64,6 +73,8 @@ class MeluEncoder:
 def tasks_of(rows: pd.DataFrame, encoder: MeluEncoder) -> dict[str, list[Task]]:
     """scenario -> [(support, query)] with one task per user."""
     out: dict[str, list[Task]] = {}
+    if encoder.tower is not None:
+        rows = encoder.tower.attach(rows)  # each item embedded once, not once per task
     for (scenario, _user), group in rows.groupby(["scenario", "user_id"], sort=True):
         support, query = group[group["role"] == "support"], group[group["role"] == "query"]
         out.setdefault(scenario, []).append((encoder.transform(support), encoder.transform(query)))
@@ -126,20 +137,40 @@ def _meta_epochs(model, optimizer, generator, train, epochs, on_epoch, history) 
             on_epoch(epoch + 1, history[-1])
 
 
+def build_melu(
+    rows: pd.DataFrame, cfg: MeLUConfig, seed: int, tower_cfg: MovieLensTowerConfig | None = None
+) -> tuple[MeluEncoder, MeLU]:
+    """The encoder (with a content tower trained on the warm scenario when ``cfg.content_tower``) and an
+    initialised MeLU, seeded after the tower: training the tower does not move MeLU's initial weights, and
+    without it the draw is the one ``train_melu`` always made."""
+    encoder = MeluEncoder.fit(rows)
+    if cfg.content_tower:
+        encoder.tower = fit_ml1m_tower(rows, tower_cfg or MovieLensTowerConfig(), seed)
+    torch.manual_seed(seed)
+    n_genres = rows["content_vector"].iloc[0].shape[0]
+    return encoder, MeLU(encoder.cardinalities(), [n_genres], cfg, encoder.tower.dim if encoder.tower else 0)
+
+
 def train_melu(
-    settings: Settings, cfg: MeLUConfig, epochs: int = 20, seed: int = 7, max_tasks: int | None = None
+    settings: Settings,
+    cfg: MeLUConfig,
+    epochs: int = 20,
+    seed: int = 7,
+    max_tasks: int | None = None,
+    tower_cfg: MovieLensTowerConfig | None = None,
 ) -> dict:
     """Meta-train on the warm scenario, evaluate every scenario, log one MLflow run, register ``candidate``."""
-    torch.manual_seed(seed)
     rows = load_rows(settings.data_dir)
-    encoder = MeluEncoder.fit(rows)
+    encoder, model = build_melu(rows, cfg, seed, tower_cfg)
     tasks = tasks_of(rows, encoder)
     train = tasks["warm"][:max_tasks] if max_tasks else tasks["warm"]
-    model = MeLU(encoder.cardinalities(), [rows["content_vector"].iloc[0].shape[0]], cfg)
     use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
     with mlflow.start_run(run_name=f"melu-{cfg.local_steps}") as run:
         mlflow.log_params({"model": NAME, "epochs": epochs, **cfg.model_dump()})
         mlflow.set_tags({"lineage.dataset": DATASET, "lineage.split": "melu"})
+        if encoder.tower is not None:
+            mlflow.log_dict((tower_cfg or MovieLensTowerConfig()).model_dump(), "tower_config.json")
+            mlflow.log_metrics({f"tower_{k}": v for k, v in encoder.tower.metrics.items()})
         fit_melu(model, train, epochs, seed, on_epoch=lambda e, loss: mlflow.log_metric("meta_loss", loss, step=e))
         scores = {name: evaluate(model, scenario_tasks[:max_tasks] if max_tasks else scenario_tasks)
                   for name, scenario_tasks in tasks.items()}  # fmt: skip
@@ -148,8 +179,8 @@ def train_melu(
         first = rows[rows["scenario"] == "new_user"]
         first = first[first["user_id"] == first["user_id"].iloc[0]]
         example = first.assign(role=np.where(first["role"] == "support", "support", "candidate"))
-        version = _register(model, cfg, encoder, example[[*USER_FIELDS, *ITEM_FIELDS, "item_id", "content_vector",
-                                                           "rating", "role"]].reset_index(drop=True))  # fmt: skip
+        columns = [*USER_FIELDS, *ITEM_FIELDS, "item_id", "content_vector", "title", "rating", "role"]
+        version = _register(model, cfg, encoder, example[columns].reset_index(drop=True))
     return {"run_id": run.info.run_id, "registered_model": catalog_model(NAME).registered_name, "version": version,
             "scores": scores}  # fmt: skip
 
@@ -165,8 +196,10 @@ class MeluModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.encoder = MeluEncoder(meta["vocab"])
-        self.model = MeLU(meta["cardinalities"], meta["multi_hot"], MeLUConfig(**meta["config"]))
+        tower = ItemTower.load(meta["tower"], context.artifacts["tower"]) if meta.get("tower") else None
+        self.encoder = MeluEncoder(meta["vocab"], tower)
+        dense_dim = tower.dim if tower else 0
+        self.model = MeLU(meta["cardinalities"], meta["multi_hot"], MeLUConfig(**meta["config"]), dense_dim)
         self.model.load_state_dict(torch.load(context.artifacts["weights"], weights_only=True))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -197,11 +230,15 @@ def _register(model: MeLU, cfg: MeLUConfig, encoder: MeluEncoder, example: pd.Da
             "multi_hot": [model.multi_hot[0].in_features],
             "config": cfg.model_dump(),
         }
+        artifacts = {"weights": str(folder / "weights.pt"), "meta": str(folder / "meta.json")}
+        if encoder.tower is not None:  # the tower itself, not a vector table: it embeds items released later
+            meta["tower"], tower_path = encoder.tower.save(folder)
+            artifacts["tower"] = str(tower_path)
         (folder / "meta.json").write_text(json.dumps(meta))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=MeluModel(),
-            artifacts={"weights": str(folder / "weights.pt"), "meta": str(folder / "meta.json")},
+            artifacts=artifacts,
             input_example=example,
             signature=infer_signature(example, output),
             registered_model_name=catalog_model(NAME).registered_name,
