@@ -92,9 +92,18 @@ def chain_extra(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_models(context: dict[str, Any]) -> list[str]:
-    """The models a run works on: those named by the asset events that triggered it, else the `models` Param."""
-    models = sorted({(e.extra or {}).get("model") for e in _events(context)} - {None})
-    return models or list(chain_params(context)["models"])
+    """The models a run works on: those named by the asset events that triggered it, else the `models` Param.
+
+    Evaluation and promotion take only models with an ``evaluate`` hook: a family that gates itself when it
+    trains (the retrieval model) emits the same event but has nothing to evaluate here, and a run triggered by
+    such events alone works on no model (not on the Param's defaults, which nobody trained).
+    """
+    from pipelines.catalog import models as catalog_models
+
+    named = {(e.extra or {}).get("model") for e in _events(context)} - {None}
+    if not named:
+        return list(chain_params(context)["models"])
+    return sorted(named & set(catalog_models(hook="evaluate")))
 
 
 def default(config: type[BaseModel], name: str) -> Any:

@@ -160,8 +160,9 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from pipelines.catalog import content, melu, rankers
+        from pipelines.catalog import content, melu, rankers, retrieval
 
         register(rankers.FAMILY)
         register(melu.FAMILY)
         register(content.FAMILY)
+        register(retrieval.FAMILY)

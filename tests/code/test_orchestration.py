@@ -70,6 +70,11 @@ def test_models_come_from_the_events_else_the_param(dag) -> None:
     triggering = events({"model": "ple"}, {"model": "esmm"}, {"model": "ple"})
     assert run_models(context({"models": ["melu"]}, triggering, dag=dag)) == ["esmm", "ple"]
     assert run_models(context({"models": ["melu"]}, dag=dag)) == ["melu"]
+    # A self-gating model (no evaluate hook) is trained and announced, but evaluation has nothing to take from it.
+    assert run_models(context({"models": ["melu"]}, events({"model": "two_tower"}, {"model": "esmm"}), dag=dag)) == [
+        "esmm"
+    ]
+    assert run_models(context({"models": ["melu"]}, events({"model": "two_tower"}), dag=dag)) == []
 
 
 def test_task_retry_delay_comes_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,7 +116,7 @@ def dags_test(home: Path, dag_id: str, day: str, *extra: str) -> tuple[subproces
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a guard against a hung run, not a timing check: on 2 busy cores a closed loop takes minutes
     )
     with sqlite3.connect(home / "airflow" / "airflow.db") as db:
         rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?", (dag_id,)).fetchall()
@@ -193,7 +193,10 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
     import duckdb
 
     home = tmp_path / "coldstart"
-    conf = {"experiment_id": "exp_tiny", "design": "author_split", "users": 3000, "pre_days": 4, "days": 2}
+    tower = {"model": {"dim": 8, "embed_dim": 4, "hidden": [16]}, "triplets": {"max_triplets": 3000},
+             "train": {"epochs": 5}}  # fmt: skip
+    conf = {"experiment_id": "exp_tiny", "design": "author_split", "users": 3000, "pre_days": 4, "days": 2,
+            "content_tower": tower}  # fmt: skip
     out, states = dags_test(home, "coldstart_experiment", "2026-01-01", "--conf", json.dumps(conf))
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert states == {"run": "success"}
