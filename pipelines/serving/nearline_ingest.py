@@ -72,8 +72,7 @@ def ingest_day(
         on_publish: called with the ids of the items entering the state each hour, and the first and last
             ``items`` partition they come from (e.g. :func:`~pipelines.features.content_tower.tower_publisher`,
             which writes their content-tower vectors online at publish time).
-        content_quality: passed to every tick (e.g. :func:`feast_content_quality`): the content tower's
-            predicted quality sets each new item's prior, so its target differs by content before any click.
+        content_quality: passed to every tick (e.g. :func:`feast_content_quality`): each new item's prior.
 
     Returns:
         Counts: ``hours`` ingested (hours before the watermark are skipped), items ``published`` for the first

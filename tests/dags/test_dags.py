@@ -133,16 +133,6 @@ def one_day(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_validate_logs(one_day: Path) -> None:
-    out, states = dags_test(one_day, "validate_logs", "2026-01-01")
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert states == {"validate": "success", "quarantine_gate": "success"}
-    summary = json.loads((one_day / "reports" / "validation" / "sim" / "2026-01-01.json").read_text())
-    assert summary["passed"] and summary["quarantined"] == 0
-    assert (one_day / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
-
-
-@pytest.mark.slow
 def test_quarantine_gate_fails_the_run_after_writing_outputs(one_day: Path) -> None:
     from pipelines.data.contract import Store
     from pipelines.validation.corrupt import corrupt_impressions
@@ -155,9 +145,14 @@ def test_quarantine_gate_fails_the_run_after_writing_outputs(one_day: Path) -> N
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_materialize_features(one_day: Path) -> None:
-    out, _ = dags_test(one_day, "validate_logs", "2026-01-01")
+def test_airflow_dags_test_validate_logs_then_materialize_features(one_day: Path) -> None:
+    """The chain's first two DAGs on one simulated day (one `dags test` each: their start-up is most of the cost)."""
+    out, states = dags_test(one_day, "validate_logs", "2026-01-01")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states == {"validate": "success", "quarantine_gate": "success"}
+    summary = json.loads((one_day / "reports" / "validation" / "sim" / "2026-01-01.json").read_text())
+    assert summary["passed"] and summary["quarantined"] == 0
+    assert (one_day / "data" / "sim" / "clean" / "impressions" / "date=2026-01-01" / "part-0.parquet").is_file()
     out, states = dags_test(one_day, "materialize_features", "2026-01-01")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert states == {"compute_features": "success", "feast_apply": "success", "materialize": "success"}
