@@ -23,6 +23,8 @@ _DEMO_EVALUATE = {"n_bootstrap": 100, "max_users": 300, "allow_skipped_cold_chec
 # ~5k triplets, 26 s of fitting, held-out triplet accuracy 0.94, well over its 0.6 floor). The chain's `epochs: 2`
 # and `lr` are the rankers'; these win for the tower.
 _DEMO_TOWER = {"triplets": {"max_triplets": 20_000}, "train": {"epochs": 6, "batch_size": 128, "lr": 0.003}}
+# The two-tower retrieval model on demo data: its own trainer's batch (in-batch negatives) and a few epochs.
+_DEMO_TWO_TOWER = {"train": {"epochs": 6, "batch_size": 512, "lr": 0.003}}
 
 
 @app.command()
@@ -78,12 +80,13 @@ def _start_platform(days: int, users: int, seed: int) -> tuple[Settings, Airflow
 
 def _run_ranker_chain(client: AirflowClient, first: str, last: str) -> None:
     """Validate every simulated day and follow the Asset chain: materialize, train the content tower, then ESMM and
-    PLE (whose new items borrow the tower's content neighbours), evaluate, promote."""
+    PLE (whose new items borrow the tower's content neighbours) and the two-tower retrieval model (gated on its own
+    held-out recall), evaluate, promote."""
     from pipelines.platform.client import CHAIN, now
 
-    console.rule("validate -> materialize -> train (content tower, ESMM, PLE+UIE) -> evaluate -> promote")
-    chain = {"train_models": {"models": ["content_tower", "esmm", "ple"], "epochs": 2, "lr": 0.003,
-                              "model_config": {"content_tower": _DEMO_TOWER}},
+    console.rule("validate -> materialize -> train (content tower, ESMM, PLE+UIE, two-tower) -> evaluate -> promote")
+    chain = {"train_models": {"models": ["content_tower", "esmm", "ple", "two_tower"], "epochs": 2, "lr": 0.003,
+                              "model_config": {"content_tower": _DEMO_TOWER, "two_tower": _DEMO_TWO_TOWER}},
              "evaluate_models": _DEMO_EVALUATE}  # fmt: skip
     since = now()
     client.trigger("validate_logs", {"date": first, "end": last, "chain": chain}, note="coldstart demo")
