@@ -8,6 +8,12 @@ whether the user took the new-user path. Unknown users and items are never an er
 the reason; with ``COLDSTART_API_TOKEN`` set, a request without ``Authorization: Bearer <token>`` is a 401.
 Health: ``/livez``, ``/readyz``.
 
+``POST /recommend`` with ``user_id`` (and ``k``, ``now``, ``user_features``, ``candidates``): recall from every
+channel the bento packs (two-tower age pools, category/keyword, content clusters, look-alike; see
+:mod:`pipelines.serving.recommend`), the user's seen items left out, then ranked as ``/rank`` does; each item lists
+the ``channels`` that recalled it. Items published after the build are added near-line from the near-line state
+and the online store. A bento built without a champion two-tower answers it with a 503.
+
 Guaranteed exposure reads the near-line state every API worker shares (``COLDSTART_RANKER_NEARLINE``, on by
 default): targets, exposures counted from logged impressions and gains come from the near-line writer, and the
 service's own answers are not counted as exposures.
@@ -19,6 +25,7 @@ import datetime as dt
 from pathlib import Path
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field
 
 from pipelines.serving.auth import TokenMiddleware
@@ -40,6 +47,7 @@ class Ranker:
         from pipelines.serving.policies import PolicyConfig
         from pipelines.serving.ranker import RankerCore
         from pipelines.serving.ranker_bento import packed_tower
+        from pipelines.serving.recommend import Recommender
 
         settings = get_settings()
         torch.set_num_threads(settings.torch_threads)
@@ -59,7 +67,10 @@ class Ranker:
             nearline = NearlineState.open(settings, "sim", config.exposure)
         version = self.bento_model.info.labels.get("mlflow_version", "?")
         # The champion content tower packed beside the model: known and new items' kNN vectors in its space.
-        self.core = RankerCore(wrapper, features, items, config, version, nearline, tower=packed_tower(root))
+        tower = packed_tower(root)
+        self.core = RankerCore(wrapper, features, items, config, version, nearline, tower=tower)
+        # /recommend: the two-tower and recall indexes packed beside the model (None when none was champion).
+        self.recommender = Recommender.load(root, self.core, features, nearline, tower)
 
     @bentoml.api
     def rank(
@@ -73,6 +84,21 @@ class Ranker:
     ) -> dict:
         """Rank ``candidates`` for ``user_id`` (top ``k``, default all)."""
         return self.core.rank(user_id, candidates, user_features, item_features, now, k)
+
+    @bentoml.api
+    def recommend(
+        self,
+        user_id: int,
+        k: int = Field(20, ge=1, le=500),
+        now: dt.datetime | None = None,
+        user_features: dict | None = None,
+        candidates: int = Field(200, ge=1, le=1000),
+    ) -> dict:
+        """Top ``k`` items for ``user_id``: recall ``candidates`` from every channel, rank them with the model and
+        policies; each item lists the ``channels`` that recalled it. 503 when the bento packs no retrieval."""
+        if self.recommender is None:
+            raise ServiceUnavailable("this bento packs no retrieval model (no two-tower version was champion)")
+        return self.recommender.recommend(user_id, k, now, user_features, candidates)
 
 
 Ranker.add_asgi_middleware(TokenMiddleware)

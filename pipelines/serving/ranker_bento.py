@@ -53,7 +53,11 @@ TOWER_DIR = "content_tower"  # the champion content tower's pyfunc, inside the b
 
 def side_data(settings: Settings, model: Model, target: Path) -> None:
     """Latest content and exposures of known items (:func:`known_items`), for content-similar new-item
-    embeddings, and the champion content tower (when there is one) that puts them and new items in its space."""
+    embeddings; the champion content tower (when there is one) that puts them and new items in its space; and
+    ``/recommend``'s retrieval (the champion two-tower and the recall indexes,
+    :func:`~pipelines.serving.recommend.pack_retrieval`) when a two-tower version is champion."""
+    from pipelines.serving.recommend import pack_retrieval
+
     items = known_items(settings.home, "sim")
     if items is not None:
         items.to_parquet(target / "items.parquet")
@@ -63,6 +67,8 @@ def side_data(settings: Settings, model: Model, target: Path) -> None:
 
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=tower, dst_path=str(target / TOWER_DIR)))
         (folder / "registered_version.json").write_text(json.dumps({"version": tower.rsplit("/", 1)[-1]}))
+    if items is not None:
+        pack_retrieval(settings, target, tower=packed_tower(target))
 
 
 def champion_tower_uri(settings: Settings) -> str | None:
@@ -108,6 +114,26 @@ def smoke_requests(settings: Settings, model: Model) -> list[dict]:
         {"path": "/rank", "body": {"user_id": user, "candidates": [UNKNOWN_ID, *items[:5]]}, "status": 200,
          "check": lambda r: any(i["item_id"] == UNKNOWN_ID and "default_item_embedding" in i["policies"]
                                 for i in r["items"])},
+        *_recommend_requests(settings, user, data.partitions("impressions", layer="clean")[-1]),
         {"path": "/rank", "body": {"user_id": user, "candidates": []}, "status": 400},
         {"path": "/rank", "body": {"user_id": "not-a-number", "candidates": items[:3]}, "status": 400},
+    ]  # fmt: skip
+
+
+def _recommend_requests(settings: Settings, user: int, day: dt.date) -> list[dict]:
+    """``/recommend`` for a user with history and a new one, when the bento packs retrieval (a champion
+    two-tower): each item names the channels that recalled it. Asked as of the end of the data's last ``day``
+    (recall pools are windows of item age: a simulated catalog is old by the wall clock)."""
+    from pipelines.catalog import model as catalog_model
+    from pipelines.catalog.registry import registry_client, version_by_alias
+
+    if version_by_alias(registry_client(settings), catalog_model("two_tower").registered_name, "champion") is None:
+        return []
+    now = dt.datetime.combine(day, dt.time(23, 59), dt.UTC).isoformat()
+    return [
+        {"path": "/recommend", "body": {"user_id": user, "k": 10, "now": now}, "status": 200,
+         "check": lambda r: 0 < len(r["items"]) <= 10 and all(i["channels"] for i in r["items"])},
+        {"path": "/recommend", "body": {"user_id": UNKNOWN_ID, "k": 5, "now": now}, "status": 200,
+         "check": lambda r: r["new_user"] and 0 < len(r["items"]) <= 5},
+        {"path": "/recommend", "body": {"user_id": user, "k": 0, "now": now}, "status": 400},
     ]  # fmt: skip

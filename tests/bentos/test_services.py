@@ -131,6 +131,8 @@ def test_ranker_token_and_health(ranker) -> None:
     assert ranker.post("/rank", json=body).status_code == 401
     assert ranker.post("/rank", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert ranker.get("/readyz").status_code == 200 and ranker.get("/livez").status_code == 200
+    # This bento was built without a champion two-tower: /recommend says so instead of answering half.
+    assert ranker.post("/recommend", json={"user_id": 1}, headers=AUTH).status_code == 503
 
 
 def test_melu_adapts_on_the_support_set(melu, bento_settings) -> None:
