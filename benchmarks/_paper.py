@@ -278,6 +278,29 @@ def fmt(summary: dict, scale: float = 100.0, signed: bool = False) -> str:
     return f"{text} ± {(summary['ci'][1] - summary['ci'][0]) * scale / 2:.2f}"
 
 
+def fmt_mean(summary: dict | None) -> str:
+    """``mean ± half-width`` of a :func:`t_interval` summary in its own units (``–`` without a value)."""
+    if summary is None or summary["mean"] is None:
+        return "–"
+    if summary["ci"][0] is None:
+        return f"{summary['mean']:.3f}"
+    return f"{summary['mean']:.3f} ± {(summary['ci'][1] - summary['ci'][0]) / 2:.3f}"
+
+
+def fresh_log(folder: Path, seed: int, days: int, users: int, **sim):
+    """A fresh simulated log (``design=none``) in ``folder`` (emptied first): (store, simulator config)."""
+    import shutil
+
+    from pipelines.data.contract import Store
+    from pipelines.data.simulator import Simulator, SimulatorConfig
+
+    shutil.rmtree(folder, ignore_errors=True)
+    cfg = SimulatorConfig(seed=seed, days=days, users=users, design="none", **sim)
+    store = Store(folder, "sim")
+    Simulator(cfg, store).run()
+    return store, cfg
+
+
 def fmt_bootstrap(delta: dict) -> str | None:
     """``+0.12 [-0.03, +0.27]`` in points from a ``binary_report`` delta entry; None without an interval."""
     if delta["value"] is None or delta["ci"][0] is None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -71,15 +70,8 @@ def parse_args() -> argparse.Namespace:
 
 def simulate(seed: int, args: argparse.Namespace):
     """A fresh log for ``seed``: (store, first day, last training day, last day)."""
-    from pipelines.data.contract import Store
-    from pipelines.data.simulator import Simulator, SimulatorConfig
-
-    folder = WORK / f"seed-{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
     extra = {} if args.content_noise is None else {"content_noise": args.content_noise}
-    cfg = SimulatorConfig(seed=seed, days=args.days, users=args.users, design="none", **extra)
-    store = Store(folder, "sim")
-    Simulator(cfg, store).run()
+    store, cfg = paper.fresh_log(WORK / f"seed-{seed}", seed, args.days, args.users, **extra)
     return store, cfg.start_date, cfg.end_date - dt.timedelta(days=args.holdout_days), cfg.end_date
 
 
@@ -194,26 +186,18 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def cell(summary: dict | None) -> str:
-    if summary is None or summary["mean"] is None:
-        return "–"
-    if summary["ci"][0] is None:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {(summary['ci'][1] - summary['ci'][0]) / 2:.3f}"
-
-
 def table(summary: dict, k: int) -> str:
     head = (f"| representation | same-topic recall@{k} | Spearman, probe on observed quality | Spearman, probe on "
             "hidden quality (ceiling) | Spearman, quality head |\n|---|---:|---:|---:|---:|")  # fmt: skip
-    rows = [f"| chance | {cell(summary['chance']['topic_recall'])} | – | – | – |"]
+    rows = [f"| chance | {paper.fmt_mean(summary['chance']['topic_recall'])} | – | – | – |"]
     for name, label in LABELS.items():
         s = summary[name]
-        rows.append(f"| {label} | {cell(s['topic_recall'])} | {cell(s['probe_observed'])} | "
-                    f"{cell(s['probe_hidden'])} | {cell(s.get('head'))} |")  # fmt: skip
+        rows.append(f"| {label} | {paper.fmt_mean(s['topic_recall'])} | {paper.fmt_mean(s['probe_observed'])} | "
+                    f"{paper.fmt_mean(s['probe_hidden'])} | {paper.fmt_mean(s.get('head'))} |")  # fmt: skip
     for name in VARIANTS:
         s = summary[f"{name}_minus_raw"]
-        rows.append(f"| {LABELS[name]} − raw (paired) | {cell(s['topic_recall'])} | – | – | "
-                    f"{cell(s['head'])} (head − raw probe) |")  # fmt: skip
+        rows.append(f"| {LABELS[name]} − raw (paired) | {paper.fmt_mean(s['topic_recall'])} | – | – | "
+                    f"{paper.fmt_mean(s['head'])} (head − raw probe) |")  # fmt: skip
     return "\n".join([head, *rows])
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -52,18 +51,12 @@ def parse_args() -> argparse.Namespace:
 
 def models(seed: int, args: argparse.Namespace):
     """Simulate, then fit the content tower and the two-tower model on the days before the last."""
-    from pipelines.data.contract import Store
-    from pipelines.data.simulator import Simulator, SimulatorConfig
     from pipelines.training.content_data import read_window
     from pipelines.training.content_tower import ContentTowerTraining, fit_tower
     from pipelines.training.two_tower import TwoTowerTraining, fit_two_tower
     from pipelines.training.two_tower_data import read_log
 
-    folder = WORK / f"seed-{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
-    cfg = SimulatorConfig(seed=seed, days=args.days, users=args.users, design="none")
-    store = Store(folder, "sim")
-    Simulator(cfg, store).run()
+    store, cfg = paper.fresh_log(WORK / f"seed-{seed}", seed, args.days, args.users)
     last = cfg.end_date
     items, impressions = read_window(store, cfg.start_date, last - dt.timedelta(days=1), layer="raw")
     tower = fit_tower(items, impressions, ContentTowerTraining(train=ContentTowerTraining().train.model_dump()
@@ -143,17 +136,11 @@ def main() -> None:
     for name in names:
         cells = [paper.t_interval([r["coverage"].get(name, {}).get(w, 0.0) for r in runs]) for w in ("1h", "day")]
         rate = paper.t_interval([r["hit_rate"].get(name, 0.0) for r in runs])
-        print(f"| {name} | " + " | ".join(_cell(c) for c in [*cells, rate]) + " |")
+        print(f"| {name} | " + " | ".join(paper.fmt_mean(c) for c in [*cells, rate]) + " |")
     for run in runs:
         print(f"seed {run['info']['seed']}: {run['info']['new_items']} new items judged, catalog "
               f"{run['info']['catalog']}, {run['info']['seconds']:.0f} s")  # fmt: skip
     paper.write_json(args.out, {"args": vars(args), "machine": paper.machine(), "runs": runs})
-
-
-def _cell(summary: dict) -> str:
-    if summary["ci"][0] is None:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {(summary['ci'][1] - summary['ci'][0]) / 2:.3f}"
 
 
 if __name__ == "__main__":

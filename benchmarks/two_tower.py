@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -59,14 +58,7 @@ def parse_args() -> argparse.Namespace:
 
 def simulate(seed: int, args: argparse.Namespace):
     """A fresh log for ``seed``: (store, first day, last day)."""
-    from pipelines.data.contract import Store
-    from pipelines.data.simulator import Simulator, SimulatorConfig
-
-    folder = WORK / f"seed-{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
-    cfg = SimulatorConfig(seed=seed, days=args.days, users=args.users, design="none")
-    store = Store(folder, "sim")
-    Simulator(cfg, store).run()
+    store, cfg = paper.fresh_log(WORK / f"seed-{seed}", seed, args.days, args.users)
     return store, cfg.start_date, cfg.end_date
 
 
@@ -122,14 +114,6 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
     return out
 
 
-def cell(summary: dict | None) -> str:
-    if summary is None or summary["mean"] is None:
-        return "–"
-    if summary["ci"][0] is None:
-        return f"{summary['mean']:.3f}"
-    return f"{summary['mean']:.3f} ± {(summary['ci'][1] - summary['ci'][0]) / 2:.3f}"
-
-
 def table(summary: dict, args: argparse.Namespace) -> str:
     lines = []
     for k in args.k:
@@ -137,7 +121,7 @@ def table(summary: dict, args: argparse.Namespace) -> str:
         methods = [*BASELINES, *(f"two_tower_{v}" for v in args.variants)]
         methods += [f"two_tower_{v}_minus_{b}" for v in args.variants for b in BASELINES]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(cell(summary[k][s].get(m)) for s in SLICES) + " |")
+            lines.append(f"| {m} | " + " | ".join(paper.fmt_mean(summary[k][s].get(m)) for s in SLICES) + " |")
         users = " | ".join(f"{summary[k][s]['users']['mean']:.0f}" for s in SLICES)
         lines += [f"| users (mean) | {users} |", ""]
     return "\n".join(lines)

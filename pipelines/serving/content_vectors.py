@@ -66,15 +66,10 @@ class TowerEmbedder:
 def load_tower(settings: Settings, alias: str = "champion") -> TowerEmbedder | None:
     """The content tower version ``alias`` points at, or None when no version has it (serving then falls back to
     the raw content vectors)."""
-    import mlflow
+    from pipelines.catalog.registry import load_by_alias
 
-    from pipelines.catalog import model as catalog_model
-    from pipelines.catalog.registry import registry_client, version_by_alias
-
-    name = catalog_model(TOWER_MODEL).registered_name
-    version = version_by_alias(registry_client(settings), name, alias)
-    if version is None:
-        log.info("no %s@%s: content-kNN uses the raw content vectors", name, alias)
+    loaded = load_by_alias(settings, TOWER_MODEL, alias)
+    if loaded is None:
+        log.info("no %s@%s: content-kNN uses the raw content vectors", TOWER_MODEL, alias)
         return None
-    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
-    return TowerEmbedder.from_pyfunc(wrapper, version.version)
+    return TowerEmbedder.from_pyfunc(*loaded)

@@ -73,13 +73,10 @@ def side_data(settings: Settings, model: Model, target: Path) -> None:
 
 def champion_tower_uri(settings: Settings) -> str | None:
     """``models:/coldstart_content_tower/<v>`` of the champion tower, or None."""
-    from pipelines.catalog import model as catalog_model
-    from pipelines.catalog.registry import registry_client, version_by_alias
+    from pipelines.catalog.registry import alias_uri
     from pipelines.serving.content_vectors import TOWER_MODEL
 
-    name = catalog_model(TOWER_MODEL).registered_name
-    version = version_by_alias(registry_client(settings), name, "champion")
-    return None if version is None else f"models:/{name}/{version.version}"
+    return alias_uri(settings, TOWER_MODEL)
 
 
 def packed_tower(root: Path):
@@ -124,10 +121,9 @@ def _recommend_requests(settings: Settings, user: int, day: dt.date) -> list[dic
     """``/recommend`` for a user with history and a new one, when the bento packs retrieval (a champion
     two-tower): each item names the channels that recalled it. Asked as of the end of the data's last ``day``
     (recall pools are windows of item age: a simulated catalog is old by the wall clock)."""
-    from pipelines.catalog import model as catalog_model
-    from pipelines.catalog.registry import registry_client, version_by_alias
+    from pipelines.catalog.registry import alias_uri
 
-    if version_by_alias(registry_client(settings), catalog_model("two_tower").registered_name, "champion") is None:
+    if alias_uri(settings, "two_tower") is None:
         return []
     now = dt.datetime.combine(day, dt.time(23, 59), dt.UTC).isoformat()
     return [

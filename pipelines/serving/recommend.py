@@ -78,25 +78,22 @@ def pack_retrieval(settings: Settings, target: Path, tower=None, until: dt.date 
     users' recent clicks. Returns False (nothing written) when no two-tower version is ``champion``."""
     import mlflow
 
-    from pipelines.catalog import model as catalog_model
-    from pipelines.catalog.registry import registry_client, version_by_alias
+    from pipelines.catalog.registry import alias_uri
     from pipelines.retrieval.recall import Recall
 
-    name = catalog_model("two_tower").registered_name
-    version = version_by_alias(registry_client(settings), name, "champion")
-    if version is None:
-        log.info("no %s@champion: the bento serves /rank only", name)
+    uri = alias_uri(settings, "two_tower")
+    if uri is None:
+        log.info("no two_tower@champion: the bento serves /rank only")
         return False
     folder = target / RETRIEVAL_DIR
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
-                                        dst_path=str(folder / "two_tower"))  # fmt: skip
+    mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "two_tower"))
+    (folder / "version.txt").write_text(uri.rsplit("/", 1)[-1])
     two = _load_two_tower(folder)
     items = catalog_items(settings.home, "sim", until)
     recall = Recall.build(items, two.embed_items(items), content_vectors(items, tower), items["publish_time"].max())
     recall.save(folder / "recall")
     np.save(folder / "indexed_items.npy", items["item_id"].to_numpy(np.int64))
     recent_histories(settings, "sim", until=until).to_parquet(folder / "histories.parquet")
-    (folder / "version.txt").write_text(str(version.version))
     return True
 
 
@@ -106,8 +103,7 @@ def _load_two_tower(folder: Path):
     from pipelines.training.two_tower import LoadedTwoTower
 
     wrapper = mlflow.pyfunc.load_model(str(folder / "two_tower")).unwrap_python_model()
-    return LoadedTwoTower(wrapper.model, wrapper.encoder, (folder / "version.txt").read_text().strip()
-                          if (folder / "version.txt").is_file() else "?")  # fmt: skip
+    return LoadedTwoTower(wrapper.model, wrapper.encoder, (folder / "version.txt").read_text().strip())
 
 
 class Recommender:

@@ -76,3 +76,11 @@ def trainer_overrides(**knobs: Any) -> dict[str, Any]:
     ``request.train.model_dump(exclude_unset=True)`` on top of their defaults.
     """
     return {name: value for name, value in knobs.items() if value is not None}
+
+
+def request_train(defaults: TrainConfig, request: TrainRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A self-gating model's trainer knobs and the rest of its overrides: its own ``defaults``, then the request's
+    explicitly set trainer knobs, then ``overrides["train"]``. Returns (train fields, the other overrides)."""
+    overrides = dict(request.overrides)
+    train = defaults.model_dump() | request.train.model_dump(exclude_unset=True)
+    return train | overrides.pop("train", {}), overrides

@@ -29,7 +29,7 @@ from pipelines.catalog.content import FAMILY
 from pipelines.data.contract import Store
 from pipelines.models.content_tower import ContentSpec, ContentTower, ContentTowerConfig
 from pipelines.settings import Settings, use_mlflow_experiment
-from pipelines.training.config import TrainConfig, TrainRequest
+from pipelines.training.config import TrainConfig, TrainRequest, request_train
 from pipelines.training.content_data import (
     CONTENT_COLUMNS,
     ContentEncoder,
@@ -66,9 +66,7 @@ class ContentTowerTraining(BaseModel):
     def from_request(cls, request: TrainRequest) -> ContentTowerTraining:
         """The tower's defaults, then the request's explicitly set trainer knobs, then ``overrides`` (which may
         hold ``model``, ``triplets`` and ``train``)."""
-        overrides = dict(request.overrides)
-        train = _default_train().model_dump() | request.train.model_dump(exclude_unset=True)
-        train |= overrides.pop("train", {})
+        train, overrides = request_train(_default_train(), request)
         return cls(**overrides, train=train)
 
 

@@ -32,7 +32,7 @@ from pipelines.catalog import model as catalog_model
 from pipelines.data.contract import Store
 from pipelines.models.two_tower import TwoTower, TwoTowerConfig, TwoTowerSpec
 from pipelines.settings import Settings, use_mlflow_experiment
-from pipelines.training.config import TrainConfig, TrainRequest
+from pipelines.training.config import TrainConfig, TrainRequest, request_train
 from pipelines.training.trainer import Callback, EarlyStopping, LogMetrics, Trainer
 from pipelines.training.two_tower_data import (
     TwoTowerDataConfig,
@@ -73,9 +73,7 @@ class TwoTowerTraining(BaseModel):
     def from_request(cls, request: TrainRequest) -> TwoTowerTraining:
         """The model's defaults, then the request's explicitly set trainer knobs, then ``overrides`` (``model``,
         ``data``, ``train``, ``k``)."""
-        overrides = dict(request.overrides)
-        train = _default_train().model_dump() | request.train.model_dump(exclude_unset=True)
-        train |= overrides.pop("train", {})
+        train, overrides = request_train(_default_train(), request)
         return cls(**overrides, train=train)
 
 
@@ -346,12 +344,11 @@ class LoadedTwoTower:
 
 def load_two_tower(settings: Settings, alias: str = "champion") -> LoadedTwoTower | None:
     """The two-tower version ``alias`` points at, or None when no version has it."""
-    from pipelines.catalog.registry import registry_client, version_by_alias
+    from pipelines.catalog.registry import load_by_alias
 
-    name = catalog_model(NAME).registered_name
-    version = version_by_alias(registry_client(settings), name, alias)
-    if version is None:
-        log.info("no %s@%s", name, alias)
+    loaded = load_by_alias(settings, NAME, alias)
+    if loaded is None:
+        log.info("no %s@%s", NAME, alias)
         return None
-    wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").unwrap_python_model()
-    return LoadedTwoTower(wrapper.model, wrapper.encoder, str(version.version))
+    wrapper, version = loaded
+    return LoadedTwoTower(wrapper.model, wrapper.encoder, version)

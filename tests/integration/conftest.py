@@ -43,9 +43,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Platform:
     return build_platform(tmp_path_factory.mktemp("platform"))
 
 
-@pytest.fixture(scope="session")
-def feast_store(platform: Platform):
-    """The local-profile Feast store, applied and materialized for every day."""
+def apply_and_materialize(platform: Platform):
+    """Apply the feature repo to ``platform``'s local Feast store and materialize every day; returns the store."""
     from pipelines.features.store import get_store, materialize_day, plan_and_apply
 
     plan_and_apply(platform.settings)
@@ -53,3 +52,9 @@ def feast_store(platform: Platform):
     for day in platform.days:
         materialize_day(store, platform.layout, day)
     return store
+
+
+@pytest.fixture(scope="session")
+def feast_store(platform: Platform):
+    """The local-profile Feast store, applied and materialized for every day."""
+    return apply_and_materialize(platform)

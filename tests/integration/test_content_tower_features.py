@@ -21,7 +21,7 @@ from pipelines.serving.nearline_ingest import feast_content_quality, ingest_day
 from pipelines.training.api import train
 from pipelines.training.config import TrainRequest
 
-from .conftest import Platform, build_platform
+from .conftest import Platform, apply_and_materialize, build_platform
 
 TINY = {"model": {"dim": 8, "embed_dim": 4, "hidden": [16]}, "triplets": {"max_triplets": 3000},
         "train": {"epochs": 5}}  # fmt: skip
@@ -32,12 +32,8 @@ FEATURES = [f"{VIEW}:content_tower_vector", f"{VIEW}:content_quality", f"{VIEW}:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Platform:
     """A platform of its own, applied and materialized: the champion tower this module makes must not change how
     the session's shared platform scores new items in other modules."""
-    from pipelines.features.store import materialize_day, plan_and_apply
-
     own = build_platform(tmp_path_factory.mktemp("tower_platform"))
-    plan_and_apply(own.settings)
-    for day in own.days:
-        materialize_day(get_store(own.settings), own.layout, day)
+    apply_and_materialize(own)
     return own
 
 

@@ -11,22 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features.store import get_store
 from pipelines.serving.nearline import NearlineState
 from pipelines.serving.nearline_backends import SqliteBackend
 
-from .conftest import Platform, build_platform
+from .conftest import Platform, apply_and_materialize, build_platform
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Platform:
     """A platform of its own: the two-tower champion this module makes must not change other modules' bentos."""
-    from pipelines.features.store import materialize_day, plan_and_apply
-
     own = build_platform(tmp_path_factory.mktemp("recommend_platform"))
-    plan_and_apply(own.settings)
-    for day in own.days:
-        materialize_day(get_store(own.settings), own.layout, day)
+    apply_and_materialize(own)
     return own
 
 

@@ -23,11 +23,7 @@ def test_melu_trains_registers_and_adapts_to_a_new_user(tmp_path: Path) -> None:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model("models:/coldstart_melu@candidate")
     rows = load_rows(settings.data_dir)
-    new_users = rows[rows["scenario"] == "new_user"]
-    user = new_users[new_users["user_id"] == new_users["user_id"].iloc[0]]
-    request = pd.concat(
-        [user[user["role"] == "support"].assign(role="support"), user[user["role"] == "query"].assign(role="candidate")]
-    )
+    user, request = _first_user_request(rows, "new_user")
     out = model.predict(request)
     assert len(out) == (user["role"] == "query").sum() and np.isfinite(out["rating"]).all()
 
@@ -44,14 +40,18 @@ def test_melu_with_the_content_tower_registers_and_scores_a_new_item_user(tmp_pa
     assert run.data.metrics["tower_val_triplet_accuracy"] > 0.5
     wrapper = mlflow.pyfunc.load_model("models:/coldstart_melu@candidate")
     rows = load_rows(settings.data_dir)
-    new_items = rows[rows["scenario"] == "new_item"]
-    user = new_items[new_items["user_id"] == new_items["user_id"].iloc[0]]
-    request = pd.concat(
-        [user[user["role"] == "support"].assign(role="support"), user[user["role"] == "query"].assign(role="candidate")]
-    )
+    user, request = _first_user_request(rows, "new_item")
     out = wrapper.predict(request)
     # the pyfunc embeds the new items from their content, as evaluation does through the same encoder
     inner = wrapper.unwrap_python_model()
     tasks = tasks_of(user, inner.encoder)["new_item"]
     expected = inner.model.predict(*tasks[0]).numpy()
     assert np.allclose(np.sort(out["rating"].to_numpy()), np.sort(expected), atol=1e-5)
+
+
+def _first_user_request(rows: pd.DataFrame, scenario: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The scenario's first user's rows, and the pyfunc request of them: support rows, query rows as candidates."""
+    rows = rows[rows["scenario"] == scenario]
+    user = rows[rows["user_id"] == rows["user_id"].iloc[0]]
+    support, query = user[user["role"] == "support"], user[user["role"] == "query"]
+    return user, pd.concat([support.assign(role="support"), query.assign(role="candidate")])
