@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.catalog import TRAINING_EXPERIMENT, Model
 from pipelines.catalog import model as catalog_model
 from pipelines.data.contract import Store
+from pipelines.evaluation.retrieval import RetrievalEvalConfig, evaluate_two_tower
 from pipelines.models.two_tower import TwoTower, TwoTowerConfig, TwoTowerSpec
 from pipelines.settings import Settings, use_mlflow_experiment
 from pipelines.training.config import TrainConfig, TrainRequest, request_train
@@ -68,13 +70,18 @@ class TwoTowerTraining(BaseModel):
     data: TwoTowerDataConfig = Field(default_factory=TwoTowerDataConfig)
     train: TrainConfig = Field(default_factory=_default_train)
     k: int = Field(100, ge=1, description="Cut of recall@k (a retrieval channel hands ~100 items to the ranker).")
+    evaluation: RetrievalEvalConfig = Field(
+        default_factory=RetrievalEvalConfig,
+        description="The held-out day's replay over the recall channels (not part of the training key).",
+    )
 
     @classmethod
-    def from_request(cls, request: TrainRequest) -> TwoTowerTraining:
+    def from_request(cls, request: TrainRequest, options: Mapping[str, Any] | None = None) -> TwoTowerTraining:
         """The model's defaults, then the request's explicitly set trainer knobs, then ``overrides`` (``model``,
-        ``data``, ``train``, ``k``)."""
+        ``data``, ``train``, ``k``, ``evaluation``: on top of the catalog ``options``' ``evaluation``)."""
         train, overrides = request_train(_default_train(), request)
-        return cls(**overrides, train=train)
+        evaluation = dict((options or {}).get("evaluation", {})) | overrides.pop("evaluation", {})
+        return cls(**overrides, train=train, evaluation=evaluation)
 
 
 @dataclass
@@ -264,7 +271,7 @@ def train_two_tower(settings: Settings, dataset: str, start: dt.date, end: dt.da
     lineage = {"dataset": dataset, "start": start.isoformat(), "end": end.isoformat(),
                "data": data_fingerprint(data, start, end),
                "content_tower": getattr(tower, "version", "none")}  # fmt: skip
-    resolved = cfg.model_dump()
+    resolved = cfg.model_dump(exclude={"evaluation"})  # how a version is judged does not change the version
     key = training_key(NAME, resolved, {}, lineage)
     use_mlflow_experiment(settings, TRAINING_EXPERIMENT)
     existing = find_trained(settings, NAME, key) if reuse else None
@@ -315,15 +322,19 @@ def gate_two_tower(version: str, margin: float = 0.0) -> dict:
 
 def train_for_catalog(settings: Settings, model: Model, request: TrainRequest) -> dict:
     """The retrieval family's ``train`` hook: the request's window (its last day held out), the champion content
-    tower's vectors when there is one (``data.content_tower``), then the gate against popularity."""
+    tower's vectors when there is one (``data.content_tower``), then the gate against popularity, then the
+    held-out day replayed over the recall channels (``evaluation``: recall@k per channel and cold-start slice,
+    new-item coverage; the report is logged to the version's run). The replay does not gate."""
     from pipelines.serving.content_vectors import load_tower
     from pipelines.training.api import request_window
 
     start, end = request_window(settings, model, request)
-    cfg = TwoTowerTraining.from_request(request)
+    cfg = TwoTowerTraining.from_request(request, model.options)
     tower = load_tower(settings) if cfg.data.content_tower else None
     result = train_two_tower(settings, request.dataset, start, end, cfg, tower, reuse=request.reuse)
     result["gate"] = gate_two_tower(result["version"], float(model.options.get("recall_margin", 0.0)))
+    result["evaluation"] = evaluate_two_tower(settings, request.dataset, start, end, result["version"],
+                                              result["run_id"], cfg.evaluation, tower)  # fmt: skip
     return result
 
 

@@ -5,6 +5,7 @@ model trained for real on a tiny simulated log (recall above random, registered,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import shutil
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_the_train_hook_registers_a_version_the_gate_tags_and_it_loads_back(tiny
     tower_version = _champion_content_tower(settings, store)  # the item tower then reads its vectors too
     entry = catalog_model("two_tower")
     assert entry.registered_name == "coldstart_two_tower" and entry.family.name == "retrieval"
-    quick = {**TINY, "train": {**TINY["train"], "epochs": 1}}  # what is checked here is the plumbing
+    quick = {**TINY, "train": {**TINY["train"], "epochs": 1}, "evaluation": {"per_hour": 10, "k": 100}}  # plumbing
     request = TrainRequest(dataset="sim", start=WINDOW[0], end=WINDOW[1], overrides=quick)
     result = train_for_catalog(settings, entry, request)
     assert result["version"] == "1" and not result["reused"]
@@ -171,7 +172,26 @@ def test_the_train_hook_registers_a_version_the_gate_tags_and_it_loads_back(tiny
     np.testing.assert_allclose(np.stack(out["vector"]), loaded.embed_users(users, list(users["history"])), atol=1e-6)
     champion = mlflow.MlflowClient().get_registered_model("coldstart_two_tower").aliases.get("champion")
     assert (champion == "1") == result["gate"]["passed"]  # champion only through the gate
-    assert train_for_catalog(settings, entry, request)["reused"]
+    _assert_the_replay_report(settings, result)
+    again = train_for_catalog(settings, entry, request)
+    assert again["reused"] and again["evaluation"] == json.loads(json.dumps(result["evaluation"]))  # read back
+
+
+def _assert_the_replay_report(settings, result: dict) -> None:
+    """The held-out day's replay: figures per channel and slice in the result, the report on disk and in MLflow."""
+    import mlflow
+
+    evaluation = result["evaluation"]
+    assert "skipped" not in evaluation and evaluation["day"] == WINDOW[1].isoformat()
+    assert set(evaluation["recall"]) == {"any", "1h", "6h", "24h", "30d", "lookalike", "category", "keyword", "cluster"}
+    assert set(evaluation["recall"]["any"]) == {"all", "new_user", "warm_user", "new_item", "warm_item"}
+    assert 0 < evaluation["requests"] <= 24 * 10 and evaluation["recall"]["any"]["all"]["clicks"] > 0
+    assert set(evaluation["coverage"]["any"]) == {"1h", "24h"} and evaluation["new_items"]["published"] > 0
+    folder = Path(settings.reports_dir) / "evaluation" / "sim" / "two_tower" / f"v{result['version']}"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["recall"].keys() == evaluation["recall"].keys() and (folder / "report.html").exists()
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "evaluation")}
+    assert logged == {"evaluation/report.json", "evaluation/report.html"}
 
 
 def _champion_content_tower(settings, store) -> str:
@@ -190,6 +210,16 @@ def _champion_content_tower(settings, store) -> str:
         version = log_and_register(fit_tower(items, impressions, cfg), items.head(5))
     mlflow.MlflowClient().set_registered_model_alias("coldstart_content_tower", "champion", version)
     return version
+
+
+def test_the_evaluation_config_reads_catalog_options_then_overrides() -> None:
+    from pipelines.training.config import TrainRequest
+
+    request = TrainRequest(overrides={"evaluation": {"k": 50}})
+    cfg = TwoTowerTraining.from_request(request, {"recall_margin": 0.0, "evaluation": {"per_hour": 7, "k": 9}})
+    assert (cfg.evaluation.k, cfg.evaluation.per_hour, cfg.evaluation.enabled) == (50, 7, True)
+    with pytest.raises(ValueError, match="extra"):
+        TwoTowerTraining.from_request(TrainRequest(overrides={"evaluation": {"per_day": 3}}))
 
 
 def test_unknown_config_keys_are_rejected() -> None:
