@@ -5,14 +5,16 @@ A closed-loop cold-start experiment: the simulated world is fed by the platform'
 
 In an experiment home of its own (`COLDSTART_HOME/experiments/<experiment_id>`, so the platform's datasets and
 aliases are untouched): a pre-period under the legacy feed (each day validated and featurized), then the chain's
-steps stage a model (Feast apply and materialize, the ranker trained on the pre-period, the gate on its last day),
-then the experiment period under the platform feed with users or authors split between the `control` and
-`treatment` policy configs (guaranteed exposure, fixed boost: `PolicyConfig` fields), each day validated and
-materialized so the next is scored on fresh features, and the readout of `coldstart_ab_metrics` over the
-experiment period (HTML report under the experiment home).
+steps stage a model (Feast apply and materialize, the ranker trained on the pre-period, the gate on its last day;
+with `retrieval` = `platform`, the default, also the two-tower retrieval model, gated on recall, and every item
+indexed in the recall channels `/recommend` serves), then the experiment period under the platform feed with users
+or authors split between the `control` and `treatment` policy configs (guaranteed exposure, fixed boost:
+`PolicyConfig` fields), each day validated and materialized so the next is scored on fresh features, and the
+readout of `coldstart_ab_metrics` over the experiment period (HTML report under the experiment home).
 
 Params: `experiment_id`, `design`, `treatment_share`, `pre_days`, `days`, `users`, `seed`, `impressions_per_day`,
-`candidates`, `recall`, `cuped`, `model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
+`candidates`, `recall`, `retrieval`, `recall_k`, `platform_recall`, `two_tower`, `two_tower_margin`, `cuped`,
+`model`, `train`, `gate`, `control`, `treatment`. CLI twin: `coldstart experiment`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ def _describe(name: str) -> str:
         ),
         "recall": Param(
             default(ClosedLoopConfig, "recall"), enum=["popularity", "boost", "random"], description=_describe("recall")
+        ),
+        "retrieval": Param(
+            default(ClosedLoopConfig, "retrieval"), enum=["platform", "simulator"], description=_describe("retrieval")
+        ),
+        "recall_k": Param(
+            default(ClosedLoopConfig, "recall_k"), type="integer", minimum=1, description=_describe("recall_k")
+        ),
+        "platform_recall": Param(
+            default(ClosedLoopConfig, "platform_recall"), type="object", description=_describe("platform_recall")
+        ),
+        "two_tower": Param(default(ClosedLoopConfig, "two_tower"), type="object", description=_describe("two_tower")),
+        "two_tower_margin": Param(
+            default(ClosedLoopConfig, "two_tower_margin"), type="number", description=_describe("two_tower_margin")
         ),
         "cuped": Param(default(ClosedLoopConfig, "cuped"), type="boolean", description=_describe("cuped")),
         "model": Param(default(ClosedLoopConfig, "model"), type="string"),

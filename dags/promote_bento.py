@@ -4,9 +4,12 @@
 Runs when `evaluate_models` emits the `coldstart_approved_models` Asset (a gate pass), or by hand. For each
 approved model: imports the version from the MLflow registry into the BentoML model store (with the side data
 its service needs), builds the bento offline (`bentoml build`), waits (up to 30 minutes) for the online store
-to hold the newest clean day (a ranker; materialization runs beside training), starts it with `bentoml serve` on
-127.0.0.1, runs the smoke test (golden requests, cold users and items, bad input, a request without the API
-token), and only then points the MLflow aliases `staging` and `champion` at the version and records the bento tag
+to hold the newest clean day (a ranker; materialization runs beside training), catches the near-line state up on
+the newest clean days (a ranker; the near-line writer replays the logs after its watermark), starts it with
+`bentoml serve` on 127.0.0.1, runs the smoke test (golden requests, cold users and items, bad input, a request
+without the API token; with a champion two-tower, `/recommend` for a user with history, a new user, and a new
+user asked for an item published after the recall indexes `train_models` built, which reaches them near-line),
+and only then points the MLflow aliases `staging` and `champion` at the version and records the bento tag
 (`COLDSTART_HOME/serving/<model>.json`). Any failure fails the task and leaves the previous staging in place.
 
 Params: `models` (default: those the triggering gate approved), `version` (default: the `approved` alias).

@@ -16,6 +16,11 @@ train first, in a task of their own (`train_upstream`): the tower sets its own `
 triplet accuracy clears a floor, writes every item's vector to Feast, and emits no candidate (it has no bento to
 evaluate or promote). Unset `epochs` / `batch_size` / `lr` keep each family's own trainer defaults.
 
+When `two_tower` is among the models, a last task (`build_indexes`, after every training task, whether they
+passed or not) builds the champion two-tower's recall indexes over the catalog up to the window's end into
+`COLDSTART_HOME/retrieval/<dataset>/v<version>/` (with a `manifest.json`); `promote_bento` packs them into the
+ranker bento, and the items published after the window reach them near-line.
+
 Idempotent: a version already trained with the same model, configs, window and data is made `candidate` again
 instead of training a copy (set `retrain` to train anyway).
 
@@ -120,9 +125,22 @@ def train_models() -> None:
         context["outlet_events"][MODELS].extra = extra | chain_extra(context)
         return result
 
+    # All-done: a failed ranker must not hold back the indexes of the two-tower trained beside it.
+    @task(trigger_rule="all_done")
+    def build_indexes(models: list[str]) -> dict:
+        """Build the champion two-tower's recall indexes as of the window's end, when the run trained it."""
+        if "two_tower" not in models:
+            return {"skipped": "two_tower was not among the models of this run"}
+        from pipelines.orchestration import train_request
+        from pipelines.retrieval.build import build_indexes as build
+        from pipelines.settings import get_settings
+
+        request = train_request(get_current_context(), "two_tower")
+        return build(get_settings(), request.dataset, until=request.end) or {"skipped": "no two_tower@champion"}
+
     models = chosen()
     upstream = train_upstream.expand(model=first(models))
-    upstream >> train.expand(model=rest(models))
+    upstream >> train.expand(model=rest(models)) >> build_indexes(models)
 
 
 train_models()

@@ -8,9 +8,10 @@ whether the user took the new-user path. Unknown users and items are never an er
 the reason; with ``COLDSTART_API_TOKEN`` set, a request without ``Authorization: Bearer <token>`` is a 401.
 Health: ``/livez``, ``/readyz``.
 
-``POST /recommend`` with ``user_id`` (and ``k``, ``now``, ``user_features``, ``candidates``): recall from every
-channel the bento packs (two-tower age pools, category/keyword, content clusters, look-alike; see
-:mod:`pipelines.serving.recommend`), the user's seen items left out, then ranked as ``/rank`` does; each item lists
+``POST /recommend`` with ``user_id`` (and ``k``, ``now``, ``user_features``, ``candidates``, ``channels``): recall
+from every channel the bento packs (two-tower age pools, category/keyword, content clusters, look-alike; see
+:mod:`pipelines.serving.recommend`) or only from the named ``channels`` (an unknown name is a 400 that lists the
+valid ones), the user's seen items left out, then ranked as ``/rank`` does; each item lists
 the ``channels`` that recalled it. Items published after the build are added near-line from the near-line state
 and the online store. A bento built without a champion two-tower answers it with a 503.
 
@@ -25,7 +26,7 @@ import datetime as dt
 from pathlib import Path
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BadInput, ServiceUnavailable
 from pydantic import Field
 
 from pipelines.serving.auth import TokenMiddleware
@@ -93,12 +94,19 @@ class Ranker:
         now: dt.datetime | None = None,
         user_features: dict | None = None,
         candidates: int = Field(200, ge=1, le=1000),
+        channels: list[str] | None = Field(None, min_length=1),  # noqa: B008
     ) -> dict:
-        """Top ``k`` items for ``user_id``: recall ``candidates`` from every channel, rank them with the model and
-        policies; each item lists the ``channels`` that recalled it. 503 when the bento packs no retrieval."""
+        """Top ``k`` items for ``user_id``: recall ``candidates`` from every channel (or only from ``channels``),
+        rank them with the model and policies; each item lists the ``channels`` that recalled it. 400 for an
+        unknown channel; 503 when the bento packs no retrieval."""
+        from pipelines.serving.recommend import ChannelError
+
         if self.recommender is None:
             raise ServiceUnavailable("this bento packs no retrieval model (no two-tower version was champion)")
-        return self.recommender.recommend(user_id, k, now, user_features, candidates)
+        try:
+            return self.recommender.recommend(user_id, k, now, user_features, candidates, channels)
+        except ChannelError as exc:
+            raise BadInput(str(exc)) from exc
 
 
 Ranker.add_asgi_middleware(TokenMiddleware)

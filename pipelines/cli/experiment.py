@@ -37,11 +37,18 @@ def experiment(
     out = run_closed_loop(_settings(), cfg)
     rows = {"impressions": out["impressions"], "staged": f"{out['staged']['model']} v{out['staged']['version']}",
             "window": " .. ".join(out["window"])}  # fmt: skip
+    if "two_tower" in out["staged"]:
+        two = out["staged"]["two_tower"]
+        rows["retrieval"] = f"platform: two_tower v{two['version']}, {two['indexed']} items indexed ({two['gate']})"
     if "content_tower" in out["staged"]:
         tower = out["staged"]["content_tower"]
         rows["content tower"] = f"v{tower['version']} ({tower['gate']})"
     for name, metric in out["headline"].items():
         rows[name] = (f"control {metric['control']:.4f}  treatment {metric['treatment']:.4f}  "
                       f"lift {metric['rel_diff']:+.2%}  p {metric['p_value']:.3f}")  # fmt: skip
+    channels = out.get("channels", {})
+    if channels.get("new_items"):
+        rows["new-item CTR by channel"] = "  ".join(f"{c} {v['ctr']:.4f} (n={v['impressions']})"
+                                                    for c, v in channels["new_items"].items())  # fmt: skip
     rows |= {k: f"{v:.1f}" for k, v in out["timings"].items()} | {"report": out["report"]}
     _print_summary(f"Closed-loop experiment {cfg.experiment_id} ({cfg.design})", rows)

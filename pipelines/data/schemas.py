@@ -10,7 +10,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
-RECALL_CHANNELS = ("popular", "interest", "new_item", "random")
+# The simulator's own recall channels (its channel mixes index these), then the platform's (the age pools of the
+# two-tower model, content interests, content clusters, look-alike: ``pipelines.retrieval``), which a closed-loop
+# run logs when the platform's retrieval fills the feed. An impression logs the channel whose quota took the item.
+SIM_RECALL_CHANNELS = ("popular", "interest", "new_item", "random")
+PLATFORM_RECALL_CHANNELS = ("1h", "6h", "24h", "30d", "category", "keyword", "cluster", "lookalike")
+RECALL_CHANNELS = SIM_RECALL_CHANNELS + PLATFORM_RECALL_CHANNELS
 # "holdout": a balanced author split's authors outside both compared groups (served as control, not compared).
 BUCKETS = ("control", "treatment", "holdout")
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.data.schemas import RECALL_CHANNELS
+from pipelines.data.schemas import SIM_RECALL_CHANNELS
 
 CATEGORIES = (
     "food", "travel", "fashion", "beauty", "fitness", "tech", "gaming", "pets",
@@ -110,8 +110,8 @@ class SimulatorConfig(BaseModel):
     def _check_mixes(self) -> SimulatorConfig:
         for name in ("popularity", "random", "boost"):
             mix = self.channel_mix.get(name)
-            if mix is None or len(mix) != len(RECALL_CHANNELS) or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
-                raise ValueError(f"channel_mix[{name!r}] must be {len(RECALL_CHANNELS)} shares summing to 1")
+            if mix is None or len(mix) != len(SIM_RECALL_CHANNELS) or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
+                raise ValueError(f"channel_mix[{name!r}] must be {len(SIM_RECALL_CHANNELS)} shares summing to 1")
         return self
 
     @model_validator(mode="after")

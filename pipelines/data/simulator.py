@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from pipelines.data import sim_tables
 from pipelines.data.contract import RECALL_CHANNELS, Store, day_bounds
+from pipelines.data.schemas import SIM_RECALL_CHANNELS
 from pipelines.data.sim_config import (
     AUTHOR_DESIGNS,
     CATEGORIES,
@@ -229,7 +230,7 @@ class Simulator:
         slot_user = np.repeat(requests.user, slate)
         channel, treated_only = self._channels(requests)
         items = np.empty(len(slot_user), dtype=np.int64)
-        for c in range(len(RECALL_CHANNELS)):
+        for c in range(len(SIM_RECALL_CHANNELS)):
             slots = np.flatnonzero(channel == c)
             if len(slots):
                 items[slots] = self._draw_channel(c, slot_user[slots], pool, treated_only[slots])
@@ -256,7 +257,7 @@ class Simulator:
             slot_treated,
             np.searchsorted(np.cumsum(treat_mix), u, side="right"),
             np.searchsorted(np.cumsum(base_mix), u, side="right"),
-        ).clip(0, len(RECALL_CHANNELS) - 1)
+        ).clip(0, len(SIM_RECALL_CHANNELS) - 1)
         treated_only = np.zeros(n_slots, dtype=bool)
         if cfg.design in AUTHOR_DESIGNS:
             control_new_share = cfg.channel_mix[cfg.policy][2] / max(treat_mix[2], 1e-9)

@@ -13,8 +13,12 @@ MLflow registry, so an experiment never overwrites the platform's own datasets o
    and materialized, so the next day is scored on fresh features.
 4. **Readout** of the experiment period (``coldstart_ab_metrics``' readout), report under the experiment home.
 
-Recall is the same for both arms (the simulator's channel mix ``recall``, ``candidates`` per request); only what
-the platform does with the candidates differs.
+Recall is the same for both arms; only what the platform does with the candidates differs. By default it is the
+platform's own retrieval (``retrieval="platform"``, :mod:`~pipelines.experiments.platform_recall`): at staging the
+two-tower model is trained and gated on the pre-period and every item is indexed; in the experiment period each
+request's ``recall_k`` candidates come from the recall channels ``/recommend`` serves, and each impression logs
+the channel that took its item. ``retrieval="simulator"``: the simulator's channel mix ``recall``, ``candidates``
+per request (the pre-period's recall either way).
 """
 
 from __future__ import annotations
@@ -23,118 +27,19 @@ import datetime as dt
 import logging
 import shutil
 import time
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from pipelines.experiments.closed_loop_config import ClosedLoopConfig
 from pipelines.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
+__all__ = ["ClosedLoopConfig", "ExperimentError", "experiment_settings", "experiment_window", "report_path",
+           "run_closed_loop"]  # fmt: skip
+
+
 class ExperimentError(RuntimeError):
     """The experiment cannot go on as configured (the gate blocked the model it would serve)."""
-
-
-class ClosedLoopConfig(BaseModel):
-    """Everything a closed-loop experiment can be told; unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    experiment_id: str = Field("exp_guaranteed_exposure", pattern="^[a-z0-9_]+$")
-    design: Literal["user_split", "author_split", "balanced_author_split"] = Field(
-        "user_split",
-        description="`balanced_author_split`: authors in control and treatment groups of `treatment_share` each "
-        "(0.25: 25/50/25) and the rest held out; each group's new items keep the feed slots control's policies "
-        "would give them (see `new_item_hours`), so treatment authors cannot take control's exposure.",
-    )
-    treatment_share: float = Field(0.5, gt=0, lt=1)
-    new_item_hours: float = Field(
-        24.0, gt=0, description="In a balanced author split, an item's slots are its group's fixed share for this "
-        "many hours after publishing (the guaranteed-exposure window by default).",
-    )  # fmt: skip
-    pre_days: int = Field(4, ge=3, description="Legacy-feed days before the experiment: training window + 1 held out.")
-    days: int = Field(3, ge=1, description="Experiment days under the platform feed.")
-    users: int = Field(3000, ge=100)
-    seed: int = 7
-    impressions_per_day: int | None = Field(None, ge=1)
-    candidates: int = Field(30, ge=1, description="Recall candidates per request the feed picks the slate from.")
-    recall: Literal["popularity", "boost", "random"] = Field(
-        "boost",
-        description="The simulator's channel mix that recalls candidates for both arms (`boost`: a fifth "
-        "from the new-item channel, so a new item is a candidate often enough for a policy to be able to pace it).",
-    )
-    cuped: bool = Field(True, description="CUPED in the readout, with the pre-period as covariate days.")
-    model: str = "esmm"
-    content_tower: dict | None = Field(
-        default_factory=lambda: {"triplets": {"max_triplets": 20_000},
-                                 "train": {"epochs": 6, "batch_size": 128, "lr": 0.003}},
-        description="ContentTowerTraining overrides (`model`, `triplets`, `train`) of the content tower trained "
-        "on the pre-period before the ranker, as `train_models` does: its vectors place new items among their "
-        "content neighbours, its predicted quality is each new item's exposure prior. None: no tower (raw content "
-        "vectors, every new item starts from the pooled CTR).",
-    )  # fmt: skip
-    train: dict = Field(default_factory=lambda: {"epochs": 2, "lr": 0.003}, description="TrainConfig overrides.")
-    gate: dict = Field(
-        default_factory=lambda: {
-            "floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5},
-            "cold_floors": {"ctr:auc": 0.5, "ctcvr:auc": 0.5},
-            "allow_skipped_cold_checks": True,
-        },
-        description="GateConfig overrides for staging the model (a few small days train a weaker model than the "
-        "platform's week, held out on one small day: the floors only refuse a model worse than random, on the "
-        "cold slices too; the new-user x new-item cross is too small to judge on one small day, so skipped cold "
-        "checks are allowed and the evaluation report lists them).",
-    )
-    # Policies as PolicyConfig fields (checked here, built when the run starts: the DAG reads these defaults at
-    # parse time, which must not import the serving stack). Treatment targets are scaled to the simulator's
-    # traffic: at the defaults' volume a new item can get a few exposures an hour.
-    control: dict = Field(default_factory=lambda: {"exposure": {"enabled": False}},
-                          description="PolicyConfig of the control arm.")  # fmt: skip
-    treatment: dict = Field(default_factory=lambda: {"exposure": {"min_target": 20, "max_target": 80}},
-                            description="PolicyConfig of the treatment arm.")  # fmt: skip
-
-    @field_validator("control", "treatment")
-    @classmethod
-    def _policies(cls, value: dict) -> dict:
-        from pipelines.serving.policies import PolicyConfig
-
-        PolicyConfig(**value)  # unknown keys and bad values fail here
-        return value
-
-    @model_validator(mode="after")
-    def _one_pacing_rule(self) -> ClosedLoopConfig:
-        from pipelines.serving.policies import PolicyConfig
-
-        paced = [
-            PolicyConfig(**p).exposure for p in (self.control, self.treatment) if PolicyConfig(**p).exposure.enabled
-        ]
-        if len(paced) == 2 and paced[0] != paced[1]:
-            raise ValueError("both arms enable guaranteed exposure: give them the same `exposure` config (one "
-                             "near-line state sets every new item's target)")  # fmt: skip
-        return self
-
-    @model_validator(mode="after")
-    def _balanced_shares(self) -> ClosedLoopConfig:
-        if self.design == "balanced_author_split" and self.treatment_share > 0.5:
-            raise ValueError("a balanced author split has control and treatment groups of treatment_share each: "
-                             "treatment_share must be at most 0.5 (0.25 gives 25/50/25)")  # fmt: skip
-        return self
-
-    def judge(self):
-        """The ``ExposureConfig`` that sets every new item's target: the pacing arm's, else the treatment's."""
-        arms = self.policies()
-        return arms[0].exposure if arms[0].exposure.enabled else arms[1].exposure
-
-    def policies(self) -> dict:
-        """Experiment bucket (0 control, 1 treatment) -> its PolicyConfig."""
-        from pipelines.serving.policies import PolicyConfig
-
-        return {0: PolicyConfig(**self.control), 1: PolicyConfig(**self.treatment)}
-
-    @property
-    def dataset(self) -> str:
-        return "closed_loop"
 
 
 def experiment_settings(settings: Settings, cfg: ClosedLoopConfig) -> Settings:
@@ -244,7 +149,21 @@ class _Loop:
         overall = gate["slices"]["overall"]["tasks"]["ctr"]["candidate"]["auc"]["value"] if "slices" in gate else None
         self.staged |= {"model": self.cfg.model, "version": trained["version"], "held_out_ctr_auc": overall,
                         "evaluation": gate["report"]["html"]}  # fmt: skip
-        self.simulator.feed = self.platform_feed(trained["version"])
+        recall = self.stage_retrieval() if self.cfg.retrieval == "platform" else None
+        self.simulator.feed = self.platform_feed(trained["version"], recall)
+
+    def stage_retrieval(self):
+        """The two-tower trained and gated on the pre-period (last day held out), every item indexed."""
+        from pipelines.experiments.platform_recall import stage_retrieval
+
+        try:
+            cfg = self.cfg
+            recall, staged = stage_retrieval(self.settings, cfg.dataset, self.days[0], self.days[-1], cfg.two_tower,
+                                             cfg.platform_recall, cfg.recall_k, cfg.two_tower_margin)  # fmt: skip
+        except RuntimeError as error:
+            raise ExperimentError(str(error)) from error
+        self.staged["two_tower"] = staged
+        return recall
 
     def train_tower(self) -> dict:
         """The content family's own train hook on the ranker's window: it gates itself (``champion`` when its
@@ -258,7 +177,7 @@ class _Loop:
         result = entry.call("train", self.settings, entry, request)
         return {"version": result["version"], "gate": result["gate"]["reason"]}
 
-    def platform_feed(self, version: str):
+    def platform_feed(self, version: str, recall=None):
         import mlflow
 
         from pipelines.catalog import model as catalog_model
@@ -300,7 +219,7 @@ class _Loop:
         quality = None if tower is None else feast_content_quality(self.feast)
         return PlatformFeed(core, features, arms, slot_arm, self.simulator.cfg.slate_size, nearline,
                             feast_author_scores(self.feast), balanced_new_item_hours=balanced,
-                            on_publish=publish, content_quality=quality)  # fmt: skip
+                            on_publish=publish, content_quality=quality, recall=recall)  # fmt: skip
 
     def read_out(self) -> dict:
         """The experiment period's readout and report under the experiment home."""
@@ -320,9 +239,14 @@ class _Loop:
         keys = ("control", "treatment", "rel_diff", "rel_ci", "p_value")
         names = ("ctr", "target_reach_24h", "publish_penetration")
         headline = {name: {k: result["metrics"][name][k] for k in keys} for name in names if name in result["metrics"]}
+        from pipelines.experiments.platform_recall import channel_ctr
+
+        recall = getattr(self.simulator.feed, "recall", None)
+        counts = recall.counts if recall is not None else {}
         return {"window": [str(start), str(end)], "report": str(paths["html"]), "headline": headline,
-                "target_reach": result["paced_targets"],
-                "new_item_share": result["new_item_impression_share"]}  # fmt: skip
+                "target_reach": result["paced_targets"], "new_item_share": result["new_item_impression_share"],
+                "channels": channel_ctr(self.store, start, end, self.cfg.judge().window_hours),
+                "retrieval": {"source": self.cfg.retrieval, **counts}}  # fmt: skip
 
     def target_reach(self) -> dict:
         """Per author group: new items of the experiment period whose 24 h window the logs cover (judged), the

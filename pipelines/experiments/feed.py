@@ -1,8 +1,9 @@
 """The platform feed: what the staged ranker, through the ranker bento's own code, shows each simulated request.
 
 The simulator keeps the world (users, items, responses, publishing); this feed decides what is shown. Per
-simulated hour it takes the candidates recall gave each request (the simulator's recall channels, until the
-retrieval issue supplies the platform's own), scores every (request, candidate) pair in one batch with the staged
+simulated hour it takes each request's candidates from the platform's own retrieval when it has one
+(:class:`~pipelines.experiments.platform_recall.PlatformRecall`: the recall channels ``/recommend`` serves), else
+the candidates the simulator's recall channels drew, scores every (request, candidate) pair in one batch with the staged
 model's encoder and network (the objects :class:`~pipelines.serving.ranker.RankerCore` serves), with features from
 Feast's online store (users in one lookup per hour, items through :class:`~pipelines.serving.features.FeastFeatures`'
 cache), fuses the task scores and applies the serving policies of the request's experiment arm
@@ -72,6 +73,7 @@ class PlatformFeed:
         balanced_new_item_hours: float | None = None,
         on_publish: Callable[[pd.DataFrame], int] | None = None,
         content_quality=None,
+        recall=None,
     ) -> None:
         """
         Args:
@@ -98,6 +100,9 @@ class PlatformFeed:
                 (:func:`~pipelines.features.content_tower.publish_tower_rows`).
             content_quality: what the near-line tick reads each new item's predicted content quality from
                 (:func:`~pipelines.serving.nearline_ingest.feast_content_quality`); None: no content prior.
+            recall: the platform's retrieval (:class:`~pipelines.experiments.platform_recall.PlatformRecall`),
+                handed the publish events and logged impressions too; it replaces the simulator's candidates
+                (their channels are logged as the platform's). None: rank the simulator's candidates.
         """
         self.core, self.features, self.arms, self.slot_arm = core, features, arms, slot_arm
         self.slate_size = slate_size
@@ -109,6 +114,7 @@ class PlatformFeed:
         self.balanced_new_item_hours = balanced_new_item_hours
         self.author_scores = author_scores
         self.on_publish, self.content_quality = on_publish, content_quality
+        self.recall = recall
         self.targets: dict[int, tuple[float, float]] = {}  # item -> (target, exposures) as the state last had them
         self._published = np.full(0, np.nan)  # item id -> publish time, POSIX seconds (NaN: unknown)
         self._pending: pa.Table | None = None  # published items not yet handed to the near-line writer
@@ -122,6 +128,8 @@ class PlatformFeed:
             return
         if self.on_publish is not None:
             self.on_publish(publishes.to_pandas())
+        if self.recall is not None:
+            self.recall.published(publishes)
         if items.max() >= len(self._published):
             grown = np.full(max(int(items.max()) + 1, 2 * len(self._published)), np.nan)
             grown[: len(self._published)] = self._published
@@ -135,6 +143,8 @@ class PlatformFeed:
         """The near-line writer's hour: items published by the hour's end enter the state, the hour's logged
         impressions are counted, and the tick at the hour's end re-estimates targets and gains."""
         times = impressions["event_time"].cast(pa.int64()).to_numpy()
+        if self.recall is not None and len(times):
+            self.recall.logged(impressions)
         if not len(times) or self.nearline is None:
             return
         hour_end = (int(times.max()) // (3600 * US) + 1) * 3600
@@ -158,6 +168,9 @@ class PlatformFeed:
     # ---- ranking -----------------------------------------------------------------------------------------
     def order(self, requests: Requests, candidates: Slates) -> Slates:
         """Score the hour's candidates in one batch, apply each slot's arm's policies, keep the top slate."""
+        valid = None
+        if self.recall is not None:  # the platform's retrieval, not the simulator's draws
+            candidates, valid = self.recall.candidates(requests, self._profiles)
         items = candidates.items
         _, base, unknown = self.score(requests.user, items)
         arm = self.slot_arm(requests, candidates)
@@ -168,6 +181,8 @@ class PlatformFeed:
             now = requests.time_us[r] / US
             age = (now - self._age_source(items[r])) / 3600.0
             scores = self._policies(base[r], items[r], age, arm[r], now, unknown[r])
+            if valid is not None:  # padding never outranks a recalled item
+                scores = tuple(None if s is None else np.where(valid[r], s, -np.inf) for s in scores)
             if self.balanced_new_item_hours is None:
                 order[r] = np.argsort(-scores[0], kind="stable")[: self.slate_size]
             else:
@@ -234,6 +249,12 @@ class PlatformFeed:
         columns = {c: item_frame[c].to_numpy()[item_row] for c in item_frame.columns if c not in user_frame}
         columns |= {c: user_frame[c].to_numpy()[user_index] for c in user_frame.columns}
         return pd.DataFrame(columns)
+
+    def _profiles(self, user_ids: np.ndarray) -> pd.DataFrame:
+        """The online features of ``user_ids`` (one lookup), for the two-tower's user tower."""
+        frame, _ = self.features.users(user_ids.tolist())
+        frame["user_id"] = user_ids.astype(np.int64)
+        return frame
 
     def user_features(self, user_ids: np.ndarray) -> pd.DataFrame:
         """One row per user, in order, from one online lookup; unknown users get ``is_new_user`` = 1 (the

@@ -5,7 +5,8 @@ Only a version the gate passed (tag ``gate=passed``) is promoted. Any failing st
 ``champion``, and ``COLDSTART_HOME/serving/<model>.json`` (the staging record: version, bento tag, history),
 are only written after the smoke test passed. The staging version becomes the ``champion`` the next
 candidate's gate compares against. The smoke test runs golden requests, cold users and items and bad input
-against the real ``bentoml serve`` of the built bento.
+against the real ``bentoml serve`` of the built bento. Before a ranker is served, the near-line state is
+caught up on the newest clean days (:func:`catch_up_nearline`), as the deployment's near-line writer keeps it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,46 @@ def await_online_store(settings: Settings, timeout_s: float, poll_s: float = 5.0
         time.sleep(poll_s)
 
 
+def catch_up_nearline(settings: Settings, dataset: str = "sim", max_days: int = 2) -> list[dt.date]:
+    """Run the near-line writer over the clean days after the near-line state's watermark, up to the newest clean
+    ``impressions`` partition (at most its last ``max_days``); returns the days ingested.
+
+    A deployment's writer runs continuously; promotion makes sure it has caught up before the staged ranker
+    serves, so the items published after the recall indexes were built are in the state that ``/recommend``
+    refreshes its indexes from (and guaranteed exposure counts what the logs say). :func:`~pipelines.serving.
+    nearline_ingest.ingest_day` skips what the watermark says was ingested, so a re-run changes nothing.
+    Author scores come from the Feast online store when it can be opened.
+    """
+    from pipelines.data.contract import Store, day_bounds
+    from pipelines.serving.nearline import NearlineState
+    from pipelines.serving.nearline_ingest import ingest_day
+    from pipelines.serving.policies import PolicyConfig
+
+    data = Store(settings.data_dir, dataset)
+    days = data.partitions("impressions", layer="clean")[-max_days:]
+    with NearlineState.open(settings, dataset, PolicyConfig(**settings.ranker_policies).exposure) as state:
+        mark = state.watermark()
+        todo = [d for d in days if mark is None or day_bounds(d)[1].timestamp() > mark]
+        scores = _author_scores(settings, dataset) if todo else None
+        for day in todo:
+            counts = ingest_day(state, data, day, author_scores=scores)
+            log.info("near-line state caught up on %s: %s", day, counts)
+    return todo
+
+
+def _author_scores(settings: Settings, dataset: str):
+    """:func:`~pipelines.serving.nearline_ingest.feast_author_scores` on the profile's store, or None (the ticks
+    then give every author the default score) when the store cannot be opened."""
+    from pipelines.features.store import get_store
+    from pipelines.serving.nearline_ingest import feast_author_scores
+
+    try:
+        return feast_author_scores(get_store(settings, dataset))
+    except Exception as exc:  # noqa: BLE001 - any store failure leaves the default scores, with the reason
+        log.warning("near-line catch-up without author scores: the Feast store did not open (%s)", exc)
+        return None
+
+
 def promote(
     settings: Settings,
     model: str,
@@ -113,6 +154,8 @@ def promote(
         raise PromotionError(str(exc)) from exc
     if entry.family.reads_online_store:
         await_online_store(settings, online_wait_s)
+    if entry.family.bento_service == "ranker" and settings.ranker_nearline:
+        catch_up_nearline(settings)
     token = secrets.token_urlsafe(16)
     try:
         process, url = serve(settings, bento, token=token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pandas as pd
 from pipelines.catalog import Model
 from pipelines.serving.smoke import UNKNOWN_ID
 from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def known_items(home: Path, dataset: str = "sim", until: dt.date | None = None) -> pd.DataFrame | None:
@@ -93,7 +96,8 @@ def packed_tower(root: Path):
 
 
 def smoke_requests(settings: Settings, model: Model) -> list[dict]:
-    """A known user, a new user, an unknown item (on the default embedding), and bad input."""
+    """A known user, a new user, an unknown item (on the default embedding), bad input; and ``/recommend`` for a
+    user with history, a new user and an item published after the index build (:func:`_recommend_requests`)."""
     from pipelines.data.contract import Store
 
     data = Store(settings.data_dir, "sim")
@@ -111,25 +115,84 @@ def smoke_requests(settings: Settings, model: Model) -> list[dict]:
         {"path": "/rank", "body": {"user_id": user, "candidates": [UNKNOWN_ID, *items[:5]]}, "status": 200,
          "check": lambda r: any(i["item_id"] == UNKNOWN_ID and "default_item_embedding" in i["policies"]
                                 for i in r["items"])},
-        *_recommend_requests(settings, user, data.partitions("impressions", layer="clean")[-1]),
+        *_recommend_requests(settings, model, user, data.partitions("impressions", layer="clean")[-1]),
         {"path": "/rank", "body": {"user_id": user, "candidates": []}, "status": 400},
         {"path": "/rank", "body": {"user_id": "not-a-number", "candidates": items[:3]}, "status": 400},
     ]  # fmt: skip
 
 
-def _recommend_requests(settings: Settings, user: int, day: dt.date) -> list[dict]:
-    """``/recommend`` for a user with history and a new one, when the bento packs retrieval (a champion
-    two-tower): each item names the channels that recalled it. Asked as of the end of the data's last ``day``
-    (recall pools are windows of item age: a simulated catalog is old by the wall clock)."""
+def _recommend_requests(settings: Settings, model: Model, user: int, day: dt.date) -> list[dict]:
+    """``/recommend`` when the bento packs retrieval (a champion two-tower): first a new user asked for an item
+    published after the index build (:func:`_after_build_request`); then a user with history and a new one, each
+    item naming the channels that recalled it, asked as of the end of the data's last ``day`` (recall pools are
+    windows of item age: a simulated catalog is old by the wall clock); then bad input and an unknown channel."""
     from pipelines.catalog.registry import alias_uri
 
     if alias_uri(settings, "two_tower") is None:
         return []
-    now = dt.datetime.combine(day, dt.time(23, 59), dt.UTC).isoformat()
+    end = dt.datetime.combine(day, dt.time(23, 59), dt.UTC)
+    now = end.isoformat()
     return [
+        *_after_build_request(settings, model, day, end),
         {"path": "/recommend", "body": {"user_id": user, "k": 10, "now": now}, "status": 200,
          "check": lambda r: 0 < len(r["items"]) <= 10 and all(i["channels"] for i in r["items"])},
         {"path": "/recommend", "body": {"user_id": UNKNOWN_ID, "k": 5, "now": now}, "status": 200,
-         "check": lambda r: r["new_user"] and 0 < len(r["items"]) <= 5},
+         "check": lambda r: r["new_user"] and 0 < len(r["items"]) <= 5 and bool(r["retrieval_version"])},
         {"path": "/recommend", "body": {"user_id": user, "k": 0, "now": now}, "status": 400},
+        {"path": "/recommend", "body": {"user_id": user, "now": now, "channels": ["no_such_channel"]}, "status": 400},
     ]  # fmt: skip
+
+
+def packed_retrieval(settings: Settings, model: Model) -> tuple[Path, dict] | None:
+    """The retrieval folder and its manifest in ``model``'s newest import into this profile's BentoML store (the
+    bento a promotion has just built and is smoke-testing), or None when it packs no retrieval."""
+    from pipelines.retrieval.build import read_manifest
+    from pipelines.serving.recommend import RETRIEVAL_DIR
+
+    store = settings.home / "bentoml" / "models" / model.registered_name  # the layout BentoML's model store uses
+    latest = store / "latest"
+    if not latest.is_file():
+        return None
+    folder = store / latest.read_text().strip() / RETRIEVAL_DIR
+    manifest = read_manifest(folder)
+    return None if manifest is None else (folder, manifest)
+
+
+def _after_build_request(settings: Settings, model: Model, day: dt.date, end: dt.datetime) -> list[dict]:
+    """``/recommend`` for a new user half an hour after an item published after the packed indexes were built,
+    from the smallest age pool that covers half an hour (``1h``): the item must be there, put in near-line.
+
+    The item is the newest one of the ``items`` table published after the packed indexes' as-of time and at
+    least 30 minutes before ``end``. The request must be the service's first ``/recommend``: the service refreshes
+    its indexes from the near-line state on a request, as of that request's ``now`` (then at most once a minute),
+    which makes this the time the items published since the build enter the pools, as in a deployment that
+    refreshes continuously. Empty (logged) when the bento packs indexes built at packing (over every item) or no
+    item is late enough.
+    """
+    from pipelines.data.contract import Store
+    from pipelines.retrieval.recall import RecallConfig
+
+    packed = packed_retrieval(settings, model)
+    if packed is None or packed[1]["until"] is None:
+        log.info("smoke: the bento packs no indexes built before its newest items; no item published after them")
+        return []
+    folder, manifest = packed
+    as_of = pd.Timestamp(manifest["as_of"])
+    data = Store(settings.data_dir, "sim")
+    days = [d for d in data.partitions("items", "clean") if as_of.date() <= d <= day]
+    items = pd.concat([data.read("items", d, "clean", columns=["item_id", "publish_time"]).to_pandas() for d in days],
+                      ignore_index=True) if days else pd.DataFrame(columns=["item_id", "publish_time"])  # fmt: skip
+    published = pd.to_datetime(items["publish_time"], utc=True)
+    wait = pd.Timedelta(minutes=30)
+    late = published[(published > as_of) & (published + wait <= pd.Timestamp(end))]
+    pools = RecallConfig.model_validate_json((folder / "recall" / "recall_config.json").read_text()).pools
+    covering = sorted((h, name) for name, h in pools.windows_hours.items() if pd.Timedelta(hours=h) >= wait)
+    if late.empty or not covering:
+        log.info("smoke: no item published after the indexes' as-of time %s and before %s", as_of, end - wait)
+        return []
+    item, at, pool = int(items.loc[late.idxmax(), "item_id"]), late.max(), covering[0][1]
+    body = {"user_id": UNKNOWN_ID, "k": 500, "candidates": 500, "now": (at + wait).isoformat(), "channels": [pool]}
+    log.info("smoke: item %d, published %s after the indexes (as of %s), asked from the %s pool", item, at, as_of,
+             pool)  # fmt: skip
+    return [{"path": "/recommend", "body": body, "status": 200,
+             "check": lambda r: any(i["item_id"] == item and pool in i["channels"] for i in r["items"])}]  # fmt: skip

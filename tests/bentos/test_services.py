@@ -133,6 +133,8 @@ def test_ranker_token_and_health(ranker) -> None:
     assert ranker.get("/readyz").status_code == 200 and ranker.get("/livez").status_code == 200
     # This bento was built without a champion two-tower: /recommend says so instead of answering half.
     assert ranker.post("/recommend", json={"user_id": 1}, headers=AUTH).status_code == 503
+    # `channels`, when given, names at least one channel: checked with the request, before any retrieval.
+    assert ranker.post("/recommend", json={"user_id": 1, "channels": []}, headers=AUTH).status_code == 400
 
 
 def test_melu_adapts_on_the_support_set(melu, bento_settings) -> None:

@@ -182,9 +182,9 @@ def test_airflow_dags_test_coldstart_ab_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_path: Path) -> None:
-    """A tiny closed-loop experiment through `airflow dags test`: the platform's ranker and policies decide what the
-    simulated users see; treatment authors' new items (guaranteed exposure) get more early exposure than
-    control authors' in the same feeds."""
+    """A tiny closed-loop experiment through `airflow dags test`: the platform's retrieval, ranker and policies
+    decide what the simulated users see; treatment authors' new items (guaranteed exposure) get more early
+    exposure than control authors' in the same feeds."""
     import duckdb
 
     home = tmp_path / "coldstart"
@@ -213,6 +213,7 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
         GROUP BY 1""").fetchall()  # fmt: skip
     mean = dict(first_day_exposures)
     assert mean["treatment"] > mean["control"], mean
+    _assert_platform_channels(root)
     # The experiment trained its own content tower before the ranker; each item published during the experiment
     # got its tower row (vector, predicted quality) online at publish time, which the near-line tick reads.
     import mlflow
@@ -230,6 +231,23 @@ def test_airflow_dags_test_coldstart_experiment_serves_the_simulated_feed(tmp_pa
     online = get_store(settings, "closed_loop").get_online_features(features=features, entity_rows=rows).to_dict()
     assert rows and None not in online["content_quality"]
     assert set(online["content_tower_version"]) == {str(tower.version)}
+    # The two-tower it recalled with was trained and gated in the experiment's own registry.
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    assert client.get_model_version_by_alias("coldstart_two_tower", "champion").tags["gate"] == "passed"
+
+
+def _assert_platform_channels(root: Path) -> None:
+    """The experiment period's candidates came from the platform's recall channels (the pre-period's from the
+    simulator's), the new-item age pools among them."""
+    import duckdb
+
+    from pipelines.data.schemas import PLATFORM_RECALL_CHANNELS, SIM_RECALL_CHANNELS
+
+    channels = dict(duckdb.sql(f"""SELECT event_time >= TIMESTAMPTZ '2026-01-05 00:00:00+00' AS served,
+                                      list(DISTINCT recall_channel) FROM read_parquet('{root}/impressions/*/*.parquet')
+                                      GROUP BY 1""").fetchall())  # fmt: skip
+    assert set(channels[True]) <= set(PLATFORM_RECALL_CHANNELS) and {"1h", "30d"} <= set(channels[True])
+    assert set(channels[False]) <= set(SIM_RECALL_CHANNELS)
 
 
 def test_train_models_trains_the_content_tower_before_the_rankers_on_its_own_defaults(dagbag) -> None:
@@ -254,3 +272,56 @@ def test_train_models_trains_the_content_tower_before_the_rankers_on_its_own_def
     assert unset.train.model_dump(exclude_defaults=True) == {} and unset.train == TrainConfig()  # rankers: theirs
     asked = ContentTowerTraining.from_request(TrainRequest(train=trainer_overrides(epochs=2, batch_size=None, lr=None)))
     assert (asked.train.epochs, asked.train.batch_size) == (2, 128)
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_train_models_builds_the_recall_indexes_after_training(tmp_path: Path) -> None:
+    """`train_models` with the two-tower: after the training tasks, `build_indexes` writes the champion's recall
+    indexes as of the window's end (the held-out day's items come in near-line) into a versioned folder."""
+    import mlflow
+    import numpy as np
+
+    from pipelines.catalog import model as catalog_model
+    from pipelines.data.contract import Store
+    from pipelines.features.compute import FeatureLayout, compute_features
+    from pipelines.retrieval.recall import Recall
+    from pipelines.training.config import TrainRequest
+    from pipelines.validation.validate import validate_day
+
+    from ..conftest import run_sim
+
+    home = tmp_path / "coldstart"
+    settings = get_settings(home=home, profile="local")
+    data, _, _ = run_sim(settings.data_dir, days=3, users=1500, seed=5)
+    layout = FeatureLayout.for_dataset(home, "sim")
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
+    for day in days:
+        validate_day(data, day, settings.reports_dir, docs=False)
+        compute_features(data, layout, day)
+    # Three days are too few for a two-tower to beat popularity at its own gate: the version the run will train
+    # (the same window and config, so the run reuses it) is made champion by hand, as a passed gate would.
+    entry = catalog_model("two_tower")
+    trained = entry.call("train", settings, entry, TrainRequest(dataset="sim", end=days[1]))
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(entry.registered_name, "champion", trained["version"])
+    conf = {"models": ["two_tower"], "date": days[2].isoformat()}
+    out, states = dags_test(home, "train_models", days[2].isoformat(), "--conf", json.dumps(conf))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert states["train"] == "success" and states["build_indexes"] == "success", states
+    champion = client.get_model_version_by_alias(entry.registered_name, "champion").version
+    folder = home / "retrieval" / "sim" / f"v{champion}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["two_tower_version"] == str(champion) and manifest["content_tower_version"] is None
+    assert manifest["until"] == days[1].isoformat() and manifest["items"] > 0
+    assert dt.datetime.fromisoformat(manifest["as_of"]).date() == days[1]  # the window's end, not the held-out day
+    assert len(np.load(folder / "indexed_items.npy")) == manifest["items"]
+    assert 0 < Recall.load(folder / "recall").pools.counts()["30d"] <= manifest["items"]  # the month's items
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary build left beside it
+    assert Store(settings.data_dir, "sim").partitions("items", "clean")[-1] == days[2]
+
+
+def test_train_models_builds_the_indexes_after_every_training_task_whatever_their_outcome(dagbag) -> None:
+    dag = dagbag.dags["train_models"]
+    task = dag.get_task("build_indexes")
+    assert {"train", "chosen"} <= task.upstream_task_ids and task.trigger_rule == "all_done"
+    assert task.outlets == [] and "build_indexes" in dag.doc_md
