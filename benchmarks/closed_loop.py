@@ -112,6 +112,7 @@ def run_case(case: str, seed: int, opts: argparse.Namespace) -> dict:
         fields = _with_content_prior(fields, opts.content_prior == "on")
     cfg = ClosedLoopConfig(experiment_id=f"bench_{case}", design=opts.design, users=opts.users, seed=seed,
                            pre_days=opts.pre_days, days=opts.days, impressions_per_day=opts.impressions_per_day,
+                           retrieval=opts.retrieval,
                            **({"treatment_share": opts.treatment_share} if opts.treatment_share else {}),
                            **fields)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="closed-loop-") as home:
@@ -156,6 +157,14 @@ def main() -> None:
         choices=["on", "off"],
         default=None,
         help="The tower's predicted quality as each new item's exposure prior, or not (default: the platform's).",
+    )
+    parser.add_argument(
+        "--retrieval",
+        choices=["simulator", "platform"],
+        default="simulator",
+        help="Who recalls the candidates: the simulator's channel mix (what the figures in benchmarks/README.md "
+        "were measured with) or the platform's recall channels (the closed loop's default since; see "
+        "benchmarks/closed_loop_recall.py).",
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "closed_loop.json")
     opts = parser.parse_args()

@@ -1,7 +1,7 @@
 """Recall channels on a held-out day, replayed hour by hour: per-channel hit rate and new-item coverage.
 
     .venv/bin/python benchmarks/recall_channels.py [--seeds 9101 9202 9303] [--days 8] [--users 6000]
-        [--k 200] [--per-hour 200] [--out benchmarks/results/recall_channels.json]
+        [--k 200] [--per-hour 200] [--publish-rate 2.0] [--out benchmarks/results/recall_channels.json]
 
 The replay is the platform's own (:func:`pipelines.evaluation.retrieval.replay_window`, what the two-tower's
 train hook writes into its evaluation report). Per seed: a fresh simulated log (``design=none``) in
@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=6000)
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--per-hour", type=int, default=200, help="Requests replayed per hour (sampled users).")
+    parser.add_argument("--publish-rate", type=float, default=None,
+                        help="Items per author per day (simulator default 0.25: ~5 new items an hour).")  # fmt: skip
     parser.add_argument("--out", type=Path, default=paper.RESULTS / "recall_channels.json")
     return parser.parse_args()
 
@@ -59,7 +61,13 @@ def models(seed: int, args: argparse.Namespace):
     from pipelines.training.two_tower import TwoTowerTraining, fit_two_tower
     from pipelines.training.two_tower_data import read_log
 
-    store, cfg = paper.fresh_log(WORK / f"seed-{seed}", seed, args.days, args.users)
+    store, cfg = paper.fresh_log(
+        WORK / f"seed-{seed}",
+        seed,
+        args.days,
+        args.users,
+        **({"publish_rate": args.publish_rate} if args.publish_rate else {}),
+    )
     last = cfg.end_date
     items, impressions = read_window(store, cfg.start_date, last - dt.timedelta(days=1), layer="raw")
     tower = fit_tower(items, impressions, ContentTowerTraining(train=ContentTowerTraining().train.model_dump()

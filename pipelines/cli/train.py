@@ -35,15 +35,21 @@ def train(
     """Train models on the point-in-time training set, log to MLflow, register each as `candidate`.
 
     A version already trained with the same model, configs, window and data is made `candidate` again instead.
+    With `two_tower` among the models, the champion two-tower's recall indexes are then built as of `end`, as
+    `train_models`' `build_indexes` task does.
     """
+    from pipelines.retrieval.build import build_indexes
     from pipelines.training.api import train as train_model
 
-    _settings()
+    settings = _settings()
     for name in model:
         request = TrainRequest(dataset=dataset, start=start.date(), end=end.date(), poso=poso, uie=uie,
                                train=trainer_overrides(epochs=epochs, batch_size=batch_size, lr=lr),
                                overrides=json.loads(config), reuse=not retrain)  # fmt: skip
         _print_summary(f"Trained {name}", _rows(train_model(name, request)))
+    if "two_tower" in model:
+        built = build_indexes(settings, dataset, until=end.date())
+        _print_summary("Recall indexes", _rows(built) if built else {"skipped": "no two_tower@champion"})
 
 
 def _rows(result: dict, prefix: str = "") -> dict[str, str]:
