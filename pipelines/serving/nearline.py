@@ -9,7 +9,9 @@ Who does what (the control law itself is :mod:`pipelines.serving.exposure`'s, wr
 
 * The near-line writer, one process that ingests the logs (:func:`pipelines.serving.nearline_ingest.ingest_day`
   hour by hour, or a stream consumer): :meth:`NearlineState.publish` as items are published,
-  :meth:`NearlineState.record_impressions` as impressions are logged (atomic increments, any time), and
+  :meth:`NearlineState.record_impressions` as impressions are logged (atomic increments, any time; clicks also
+  go to an engagement log, item, user and time, that serving's look-alike recall reads with
+  :meth:`NearlineState.engagements` from a cursor of its own), and
   :meth:`NearlineState.tick` at each hour end, which (a) re-estimates every active item's quality and recomputes
   its target, (b) integrates the gain (the I term) with the deficit at the tick, (c) forgets expired items.
 * Serving (:class:`SharedExposureController`) only reads: ``boost = min(cap, g · (1 + kp · d))`` with ``g`` the
@@ -127,8 +129,10 @@ class NearlineState:
             "error": zeros, "updated": published,
         })  # fmt: skip
 
-    def record_impressions(self, item_ids: Sequence[int], times_s: np.ndarray, clicks: np.ndarray) -> int:
-        """Add logged impressions (one row each) to the exposures and clicks of known items.
+    def record_impressions(self, item_ids: Sequence[int], times_s: np.ndarray, clicks: np.ndarray,
+                           user_ids: Sequence[int] | None = None) -> int:  # fmt: skip
+        """Add logged impressions (one row each) to the exposures and clicks of known items; with ``user_ids``,
+        each counted click is also logged as an engagement (item, user, time), what serving's look-alike reads.
 
         Only impressions within ``window_hours`` of the item's publication count; unknown ids are ignored.
         Returns the number of impressions counted.
@@ -144,7 +148,17 @@ class NearlineState:
         seen = exposures > 0
         if seen.any():
             self.backend.add(uniq[seen], exposures[seen], clicked[seen])
+        engaged = (inside * np.asarray(clicks, float)) > 0
+        if user_ids is not None and engaged.any():
+            users = np.asarray(user_ids, np.int64)
+            self.backend.add_engagements(ids[engaged], users[engaged], np.asarray(times_s, float)[engaged])
         return int(exposures.sum())
+
+    def engagements(self, after: int = 0) -> tuple[dict[str, np.ndarray], int]:
+        """The engagements logged after cursor ``after`` (``item_id``, ``user_id``, ``time`` in POSIX seconds, in
+        the order they were logged) and the cursor to ask from next time; each reader keeps its own."""
+        seq, items, users, times = self.backend.engagements(after)
+        return {"item_id": items, "user_id": users, "time": times}, int(seq[-1]) if len(seq) else int(after)
 
     def tick(
         self,
@@ -169,6 +183,7 @@ class NearlineState:
         expired = age >= cfg.window_hours
         if expired.any():
             self.backend.delete(ids[expired])
+        self.backend.trim_engagements(now - cfg.window_hours * HOUR)  # an item's engagements leave with it
         ids, age, cols = ids[~expired], age[~expired], {k: v[~expired] for k, v in cols.items()}
         if not len(ids):
             return 0

@@ -1,7 +1,8 @@
 """Storage of the near-line item state: SQLite (local profile) and Redis (prod), behind one small interface.
 
 :class:`~pipelines.serving.nearline.NearlineState` holds the logic; a backend only stores one row of float
-columns (:data:`COLUMNS`) per item id and a few named numbers (``meta``), with these guarantees:
+columns (:data:`COLUMNS`) per item id, a few named numbers (``meta``) and a log of engagements (item, user,
+time; numbered in the order they were added, so each reader keeps its own cursor), with these guarantees:
 
 * ``insert`` adds only ids it does not know (a known id keeps its state);
 * ``add`` and ``update`` touch only known ids (an id forgotten meanwhile is not brought back half-filled);
@@ -39,6 +40,9 @@ class Backend(Protocol):
     def delete(self, item_ids: np.ndarray) -> None: ...
     def get_meta(self, key: str) -> float | None: ...
     def set_meta(self, key: str, value: float) -> None: ...
+    def add_engagements(self, item_ids: np.ndarray, user_ids: np.ndarray, times: np.ndarray) -> None: ...
+    def engagements(self, after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def trim_engagements(self, before: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -66,6 +70,9 @@ class SqliteBackend:
             conn.execute(f"CREATE TABLE IF NOT EXISTS items (item_id INTEGER PRIMARY KEY, {columns})")
             conn.execute("CREATE INDEX IF NOT EXISTS items_published ON items (published)")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS engagements (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "item_id INTEGER, user_id INTEGER, t REAL)")  # fmt: skip
+            conn.execute("CREATE INDEX IF NOT EXISTS engagements_t ON engagements (t)")
 
     def _write(self) -> _Transaction:
         return _Transaction(self._conn, self._lock)
@@ -115,9 +122,32 @@ class SqliteBackend:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, float(value)))
 
+    def add_engagements(self, item_ids: np.ndarray, user_ids: np.ndarray, times: np.ndarray) -> None:
+        rows = zip(np.asarray(item_ids, np.int64).tolist(), np.asarray(user_ids, np.int64).tolist(),
+                   np.asarray(times, float).tolist(), strict=True)  # fmt: skip
+        with self._write() as conn:
+            conn.executemany("INSERT INTO engagements (item_id, user_id, t) VALUES (?, ?, ?)", rows)
+
+    def engagements(self, after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sequence numbers, items, users and times of the engagements added after sequence ``after``, in order."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq, item_id, user_id, t FROM engagements WHERE seq > ? ORDER BY seq",
+                                      (int(after),)).fetchall()  # fmt: skip
+        return _engagement_columns(rows)
+
+    def trim_engagements(self, before: float) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM engagements WHERE t < ?", (float(before),))
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _engagement_columns(rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(seq, item, user, time) rows as four arrays."""
+    table = np.array(rows, dtype=float).reshape(len(rows), 4)
+    return (table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2].astype(np.int64), table[:, 3])
 
 
 class _Transaction:
@@ -164,7 +194,9 @@ return redis.call('HSET', KEYS[1], unpack(ARGV))
 
 
 class RedisBackend:
-    """Item hashes ``<prefix>:item:<id>``, the index ``<prefix>:index`` (id by publish time), ``<prefix>:meta``."""
+    """Item hashes ``<prefix>:item:<id>``, the index ``<prefix>:index`` (id by publish time), ``<prefix>:meta``,
+    and the engagement log ``<prefix>:eng``: a sorted set scored by sequence number (``INCRBY <prefix>:eng_seq``),
+    members ``<seq>:<item>:<user>:<time>``."""
 
     def __init__(self, url: str, prefix: str) -> None:
         """Args: url: Redis URL; prefix: key prefix, e.g. ``coldstart:nearline:{sim}`` (see the module docstring)."""
@@ -230,6 +262,25 @@ class RedisBackend:
 
     def set_meta(self, key: str, value: float) -> None:
         self._client.hset(f"{self.prefix}:meta", key, float(value))
+
+    def add_engagements(self, item_ids: np.ndarray, user_ids: np.ndarray, times: np.ndarray) -> None:
+        items = np.asarray(item_ids, np.int64).tolist()
+        if not items:
+            return
+        last = int(self._client.incrby(f"{self.prefix}:eng_seq", len(items)))
+        rows = zip(range(last - len(items) + 1, last + 1), items, np.asarray(user_ids, np.int64).tolist(),
+                   np.asarray(times, float).tolist(), strict=True)  # fmt: skip
+        self._client.zadd(f"{self.prefix}:eng", {f"{q}:{i}:{u}:{t!r}": q for q, i, u, t in rows})
+
+    def engagements(self, after: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        members = self._client.zrangebyscore(f"{self.prefix}:eng", f"({int(after)}", "+inf")
+        return _engagement_columns([[float(x) for x in m.decode().split(":")] for m in members])
+
+    def trim_engagements(self, before: float) -> None:
+        members = self._client.zrange(f"{self.prefix}:eng", 0, -1)
+        old = [m for m in members if float(m.decode().rsplit(":", 1)[1]) < before]
+        if old:
+            self._client.zrem(f"{self.prefix}:eng", *old)
 
     def close(self) -> None:
         self._client.close()

@@ -1,8 +1,9 @@
 """The near-line writer: feeds :class:`~pipelines.serving.nearline.NearlineState` from the event logs.
 
 :func:`ingest_day` replays one day of the contract's ``items`` and ``impressions`` hour by hour, as a deployment
-does near-line: items published before the hour's end enter the state, the hour's logged impressions are counted,
-and the controller ticks at the hour's end. The state's watermark (the end of the last hour ingested) makes a
+does near-line: items published before the hour's end enter the state, the hour's logged impressions are counted
+(each click on a tracked item also logged as an engagement, which serving's look-alike channel reads), and the
+controller ticks at the hour's end. The state's watermark (the end of the last hour ingested) makes a
 re-run skip what was already counted, so ingesting a day twice gives the same state.
 
 Author scores come from Feast's ``author_stats_fv`` (:func:`feast_author_scores`): the percentile of
@@ -82,9 +83,10 @@ def ingest_day(
     Raises:
         MissingPartitionError: the day has no ``impressions`` partition in ``layer``.
     """
-    impressions = data.read("impressions", day, layer, columns=["item_id", "event_time", "click"])
+    impressions = data.read("impressions", day, layer, columns=["item_id", "user_id", "event_time", "click"])
     times = _seconds(impressions["event_time"])
     item_ids = impressions["item_id"].to_numpy()
+    user_ids = impressions["user_id"].to_numpy()
     clicks = impressions["click"].to_numpy().astype(float)
     items = _recent_items(state, data, day, layer)
     start = day_bounds(day)[0].timestamp()
@@ -107,7 +109,7 @@ def ingest_day(
                 counts["embedded"] += on_publish(items["item_id"][window], since, day)
         published_upto = max(published_upto, due)
         rows = (hour_of == hour) & (times >= watermark)
-        counts["impressions"] += state.record_impressions(item_ids[rows], times[rows], clicks[rows])
+        counts["impressions"] += state.record_impressions(item_ids[rows], times[rows], clicks[rows], user_ids[rows])
         counts["active"] = state.tick(end, author_scores, content_quality)
         state.set_watermark(end)
         counts["hours"] += 1

@@ -11,8 +11,9 @@ Without a champion two-tower nothing is packed and the service answers ``/recomm
 Near-line (:meth:`Recommender.refresh`, at most every ``refresh_s`` on a request, at that request's ``now``): the
 items the near-line state tracks (every item published in its window, from the publish events) that the indexes
 do not hold yet are read from the online store (their content), embedded by the two towers and published into
-every channel, so an item published after the index build is recommended within minutes; the indexes drop what is
-past each channel's window.
+every channel, so an item published after the index build is recommended within minutes; the engagements the
+near-line writer logged (clicks on new items) move the look-alike vectors; the indexes drop what is past each
+channel's window.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ class Recommender:
         self.indexed = set(np.load(folder / "indexed_items.npy").tolist())  # what the channels hold (or held)
         self.core, self.features, self.nearline, self.tower = core, features, nearline, tower
         self.refresh_s, self._refreshed = refresh_s, -np.inf
+        self._cursor = 0  # the near-line engagement log read so far (this worker's own)
         self._lock = threading.Lock()
 
     @classmethod
@@ -196,8 +198,9 @@ class Recommender:
         return cls(folder, core, features, nearline, tower) if (folder / "recall").is_dir() else None
 
     def refresh(self, now: dt.datetime) -> int:
-        """Publish into every channel the near-line state's items the indexes lack; expire the old. Returns how
-        many items were added."""
+        """Publish into every channel the near-line state's items the indexes lack, fold the engagements logged
+        since the last refresh into the look-alike vectors (:meth:`engage`); expire the old. Returns how many items
+        were added."""
         if self.nearline is None or self.features is None:
             return 0
         tracked = self.nearline.snapshot()
@@ -212,8 +215,23 @@ class Recommender:
                                     content_vectors(items, self.tower), now)  # fmt: skip
                 added = len(items)
                 self.indexed.update(int(i) for i in items["item_id"])
+        self.engage()
         self.recall.expire(now)
         return added
+
+    def engage(self) -> int:
+        """Look-alike, near-line: each engagement the near-line writer logged since this worker last read (every
+        click on a new item) moves the item's look-alike vector towards the engaging user's two-tower vector
+        (online profile, clicks as of the build). Returns how many engagements were applied (items the look-alike
+        channel does not hold, too old or never published, are skipped)."""
+        rows, self._cursor = self.nearline.engagements(self._cursor)
+        if not len(rows["item_id"]):
+            return 0
+        users = np.unique(rows["user_id"])
+        frame, _ = self.features.users(users.tolist())
+        frame["user_id"] = users
+        vectors = self.two.embed_users(frame, [self.histories.get(int(u), []) for u in users.tolist()])
+        return self.recall.engage(rows["item_id"], vectors[np.searchsorted(users, rows["user_id"])])
 
     def recommend(self, user_id: int, k: int = 20, now: dt.datetime | None = None, user_features: dict | None = None,
                   candidates: int = 200, channels: list[str] | None = None) -> dict:  # fmt: skip

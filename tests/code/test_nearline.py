@@ -278,6 +278,27 @@ def test_ingest_day_counts_logged_impressions_hour_by_hour(state_factory, tmp_pa
     np.testing.assert_allclose(state.snapshot([200, 300])["exposures"], [4, 1])
 
 
+def test_clicks_are_logged_as_engagements_read_from_each_readers_cursor(state_factory) -> None:
+    state = state_factory(ExposureConfig(window_hours=24, ramp_hours=20))
+    state.publish([1, 2], [7, 8], np.array([T0, T0]))
+    # item 3 is not tracked; the last impression of item 1 is past its 24 h window; unclicked rows are not engaged
+    state.record_impressions([1, 1, 2, 3, 1], np.array([T0 + 60, T0 + 120, T0 + 180, T0 + 240, T0 + 25 * HOUR]),
+                             np.array([1, 0, 1, 1, 1]), user_ids=[10, 11, 12, 13, 14])  # fmt: skip
+    rows, cursor = state.engagements()
+    assert rows["item_id"].tolist() == [1, 2] and rows["user_id"].tolist() == [10, 12]
+    np.testing.assert_allclose(rows["time"], [T0 + 60, T0 + 180])
+    assert state.engagements(cursor)[0]["item_id"].tolist() == []  # nothing new for this reader
+    state.record_impressions([2], np.array([T0 + HOUR]), np.array([1]), user_ids=[15])
+    state.record_impressions([2], np.array([T0 + HOUR]), np.array([1]))  # no users given: counted, not logged
+    again, later = state.engagements(cursor)
+    assert again["user_id"].tolist() == [15] and later > cursor
+    assert state.engagements()[0]["user_id"].tolist() == [10, 12, 15]  # another reader starts from the beginning
+    state.tick(T0 + 24.5 * HOUR)  # engagements older than the window leave (item 2's of T0 + 1 h is not yet)
+    assert state.engagements()[0]["user_id"].tolist() == [15]
+    state.tick(T0 + 26 * HOUR)
+    assert state.engagements()[0]["item_id"].tolist() == []
+
+
 def test_feast_author_scores_rank_the_smoothed_ctr() -> None:
     class FakeStore:
         def get_online_features(self, features, entity_rows):

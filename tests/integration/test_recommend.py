@@ -94,10 +94,21 @@ def test_an_item_published_after_the_build_is_recommended_after_the_refresh(plat
     recommender, nearline = _recommender(platform, packed, tmp_path)
     late = platform.data.read("items", platform.days[3], "clean").to_pandas()  # published after the packed catalog
     assert not set(late["item_id"].tolist()) & recommender.indexed
-    published = pd.to_datetime(late["publish_time"], utc=True).astype("int64").to_numpy() / 1e9
+    published = (pd.to_datetime(late["publish_time"], utc=True) - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    published = published.to_numpy()  # POSIX seconds, whatever the column's unit
     nearline.publish(late["item_id"].to_numpy(), late["author_id"].tolist(), published)  # the publish events
+    # The near-line writer logs two users' clicks on the newest late item: the refresh folds them into its
+    # look-alike vector (the engaging users' two-tower vectors), which the look-alike channel then serves.
+    before = pd.Timestamp(dt.datetime.combine(platform.days[3], dt.time(23, 0), dt.UTC))
+    newest = late[pd.to_datetime(late["publish_time"], utc=True) < before].sort_values("publish_time").iloc[-1]
+    engaged = sorted(recommender.histories)[:2]
+    clicked_at = np.full(2, pd.Timestamp(newest["publish_time"]).timestamp() + 60.0)
+    nearline.record_impressions([int(newest["item_id"])] * 2, clicked_at, np.ones(2), user_ids=engaged)
     now = dt.datetime.combine(platform.days[3], dt.time(23, 30), dt.UTC)
     assert recommender.refresh(now) == len(late)
+    _, engagements = recommender.recall.lookalike.vectors([int(newest["item_id"])])
+    assert engagements.tolist() == [2]
+    assert recommender.engage() == 0  # this worker's cursor has read them: nothing is folded twice
     user = max(recommender.histories, key=lambda u: len(recommender.histories[u]))
     out = recommender.recommend(user, k=200, now=now)
     fresh = [i for i in out["items"] if i["item_id"] in set(late["item_id"].tolist())]
