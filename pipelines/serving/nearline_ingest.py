@@ -85,14 +85,12 @@ def ingest_day(
     """
     impressions = data.read("impressions", day, layer, columns=["item_id", "user_id", "event_time", "click"])
     times = _seconds(impressions["event_time"])
-    item_ids = impressions["item_id"].to_numpy()
-    user_ids = impressions["user_id"].to_numpy()
+    item_ids, user_ids = impressions["item_id"].to_numpy(), impressions["user_id"].to_numpy()
     clicks = impressions["click"].to_numpy().astype(float)
     items = _recent_items(state, data, day, layer)
     start = day_bounds(day)[0].timestamp()
     hour_of = np.floor((times - start) / HOUR)
-    watermark = state.watermark()
-    watermark = -math.inf if watermark is None else watermark
+    watermark = -math.inf if state.watermark() is None else state.watermark()
     counts = {"hours": 0, "published": 0, "embedded": 0, "impressions": 0, "active": 0}
     since = (day_bounds(day)[0] - dt.timedelta(hours=state.cfg.window_hours)).date()
     published_upto = 0
