@@ -155,7 +155,8 @@ def _print_where_to_look(settings: Settings, client: AirflowClient, first: str, 
 
 
 def _ask_staging_ranker() -> None:
-    """Serve the staging ranker on 127.0.0.1, send it one request (a known user, a new one), print, stop."""
+    """Serve the staging ranker on 127.0.0.1, send it one request (a known user, a new one), ask it to recommend
+    for the known user (recall from every channel, then rank), print, stop."""
     import secrets
 
     import httpx
@@ -181,5 +182,23 @@ def _ask_staging_ranker() -> None:
             answer.raise_for_status()
             console.print(f"[bold]POST {url}/rank[/] user {user} (200 candidates, top 5):")
             console.print_json(data=answer.json())
+        _recommend(url, token, int(rows["user_id"].iloc[0]), now)
     finally:
         stop(process)
+
+
+def _recommend(url: str, token: str, user: int, now: str) -> None:
+    """``/recommend`` for ``user``: the top 5 with the recall channels that found each, and what each channel
+    handed the ranker (a bento built without a champion two-tower answers 503)."""
+    import httpx
+
+    body = {"user_id": user, "k": 5, "now": now}
+    answer = httpx.post(f"{url}/recommend", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    if answer.status_code == 503:
+        console.print(f"[bold]POST {url}/recommend[/]: 503, this bento packs no retrieval model")
+        return
+    answer.raise_for_status()
+    out = answer.json()
+    console.print(f"[bold]POST {url}/recommend[/] user {user} (top 5 of {out['recalled']} recalled; candidates by "
+                  f"channel {out['recalled_by']}):")  # fmt: skip
+    console.print_json(data=[{k: item[k] for k in ("item_id", "score", "channels", "policies")} for item in out["items"]])
