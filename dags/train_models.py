@@ -16,10 +16,12 @@ train first, in a task of their own (`train_upstream`): the tower sets its own `
 triplet accuracy clears a floor, writes every item's vector to Feast, and emits no candidate (it has no bento to
 evaluate or promote). Unset `epochs` / `batch_size` / `lr` keep each family's own trainer defaults.
 
-When `two_tower` is among the models, a last task (`build_indexes`, after every training task, whether they
-passed or not) builds the champion two-tower's recall indexes over the catalog up to the window's end into
-`COLDSTART_HOME/retrieval/<dataset>/v<version>/` (with a `manifest.json`); `promote_bento` packs them into the
-ranker bento, and the items published after the window reach them near-line.
+The retrieval model (`two_tower`, a `retrieval` family) trains next, in a task of its own (`train_retrieval`:
+it gates itself to `champion` and emits no candidate), then `build_indexes` builds the champion two-tower's
+recall indexes over the catalog up to the window's end into `COLDSTART_HOME/retrieval/<dataset>/v<version>/`
+(with a `manifest.json`), and only then do the rankers train: each ranker's candidate event starts its
+evaluation and promotion, and `promote_bento` packs those indexes into the ranker bento (`/recommend`); the items
+published after the window reach them near-line.
 
 Idempotent: a version already trained with the same model, configs, window and data is made `candidate` again
 instead of training a copy (set `retrain` to train anyway).
@@ -36,7 +38,7 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.catalog import models as catalog_models
-from pipelines.orchestration import chain_extra, chain_params, default, default_args
+from pipelines.orchestration import chain_extra, chain_params, default, default_args, training_stage
 from pipelines.training.config import TrainRequest
 
 OFFLINE_FEATURES = Asset("coldstart_offline_features")
@@ -92,16 +94,15 @@ def train_models() -> None:
 
     @task
     def first(models: list[str]) -> list[str]:
-        """The chosen models whose outputs other models read (the content tower): trained before the rest."""
-        from pipelines.catalog import model as catalog_model
+        return training_stage(models, "first")
 
-        return [m for m in models if catalog_model(m).family.train_first]
+    @task
+    def retrieval(models: list[str]) -> list[str]:
+        return training_stage(models, "retrieval")
 
     @task
     def rest(models: list[str]) -> list[str]:
-        from pipelines.catalog import model as catalog_model
-
-        return [m for m in models if not catalog_model(m).family.train_first]
+        return training_stage(models, "rest")
 
     @task(max_active_tis_per_dag=1)
     def train_upstream(model: str) -> dict:
@@ -125,7 +126,7 @@ def train_models() -> None:
         context["outlet_events"][MODELS].extra = extra | chain_extra(context)
         return result
 
-    # All-done: a failed ranker must not hold back the indexes of the two-tower trained beside it.
+    # All-done: a failed two-tower leaves the previous champion's indexes to build, and the rankers still train.
     @task(trigger_rule="all_done")
     def build_indexes(models: list[str]) -> dict:
         """Build the champion two-tower's recall indexes as of the window's end, when the run trained it."""
@@ -140,7 +141,12 @@ def train_models() -> None:
 
     models = chosen()
     upstream = train_upstream.expand(model=first(models))
-    upstream >> train.expand(model=rest(models)) >> build_indexes(models)
+    # The same task body for the retrieval models (self-gating, no candidate), after the tower whose vectors it
+    # reads; all-done: a failed tower leaves the two-tower on the raw content vectors.
+    retrieved = train_upstream.override(task_id="train_retrieval", trigger_rule="all_done").expand(
+        model=retrieval(models)
+    )
+    upstream >> retrieved >> build_indexes(models) >> train.expand(model=rest(models))
 
 
 train_models()

@@ -95,8 +95,9 @@ def run_models(context: dict[str, Any]) -> list[str]:
     """The models a run works on: those named by the asset events that triggered it, else the `models` Param.
 
     Evaluation and promotion take only models with an ``evaluate`` hook: a family that gates itself when it
-    trains (the retrieval model) emits the same event but has nothing to evaluate here, and a run triggered by
-    such events alone works on no model (not on the Param's defaults, which nobody trained).
+    trains has nothing to evaluate here (``train_models`` trains the content tower and the retrieval model in
+    tasks that emit no event; a new self-gating family trained in ``train`` would), and a run triggered by such
+    events alone works on no model (not on the Param's defaults, which nobody trained).
     """
     from pipelines.catalog import models as catalog_models
 
@@ -104,6 +105,18 @@ def run_models(context: dict[str, Any]) -> list[str]:
     if not named:
         return list(chain_params(context)["models"])
     return sorted(named & set(catalog_models(hook="evaluate")))
+
+
+def training_stage(models: list[str], stage: str) -> list[str]:
+    """The chosen models of one stage of ``train_models``, in their order: ``first`` (families others read: the
+    content tower), ``retrieval`` (the two-tower: trained and its indexes built before the rankers), ``rest``."""
+    from pipelines.catalog import model as catalog_model
+
+    def stage_of(name: str) -> str:
+        family = catalog_model(name).family
+        return "first" if family.train_first else "retrieval" if family.retrieval else "rest"
+
+    return [m for m in models if stage_of(m) == stage]
 
 
 def default(config: type[BaseModel], name: str) -> Any:

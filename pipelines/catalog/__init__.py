@@ -52,6 +52,10 @@ class Family:
         train_first: whether other families read its outputs (the content tower's vectors feed the rankers'
             new-item embeddings), so ``train_models`` trains it before the others of the same run. Such a
             family sets its own serving alias in its ``train`` hook and has no ``evaluate`` hook or bento chain.
+        retrieval: whether the family serves through recall indexes the rankers' bentos pack (the two-tower):
+            ``train_models`` trains it after the ``train_first`` families and builds its indexes before the
+            rankers train, so the rankers' candidates, evaluated and promoted from their own events, find its
+            champion and indexes in place. Like ``train_first``, it sets its own alias in its ``train`` hook.
         demo: how ``coldstart demo`` trains a family that does not train on the simulated window, in a chapter
             of its own: ``train_models`` Params (``model_config`` applies to each of its models). Empty: the
             demo leaves it out.
@@ -66,6 +70,7 @@ class Family:
     reads_online_store: bool = True
     hooks: Mapping[str, Hook] = field(default_factory=dict)
     train_first: bool = False
+    retrieval: bool = False
     demo: Mapping[str, Any] = field(default_factory=dict)
 
     def hook(self, name: str) -> Callable[..., Any]:

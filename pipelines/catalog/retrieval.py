@@ -5,7 +5,8 @@ Its item vectors feed the recall channels (age pools by ANN, look-alike vectors)
 evaluation of its own. Its ``train`` hook gates it itself: a version whose recall@k on the window's held-out last
 day beats the popularity baseline's (same users, same pool, same k) by more than ``recall_margin`` becomes
 ``champion``, with the reason and both recalls as version tags. It reads the champion content tower's vectors
-when there is one, so it trains after the content tower (``train_first`` families go first).
+when there is one, so it trains after the content tower (``train_first`` families go first); ``train_models``
+builds its recall indexes before the rankers train (``retrieval``), so a ranker's bento packs them.
 """
 
 from pipelines.catalog import Family
@@ -18,4 +19,5 @@ FAMILY = Family(
     bento_service="ranker",
     reads_online_store=False,
     hooks={"train": "pipelines.training.two_tower:train_for_catalog"},
+    retrieval=True,
 )

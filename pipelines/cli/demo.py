@@ -201,4 +201,5 @@ def _recommend(url: str, token: str, user: int, now: str) -> None:
     out = answer.json()
     console.print(f"[bold]POST {url}/recommend[/] user {user} (top 5 of {out['recalled']} recalled; candidates by "
                   f"channel {out['recalled_by']}):")  # fmt: skip
-    console.print_json(data=[{k: item[k] for k in ("item_id", "score", "channels", "policies")} for item in out["items"]])
+    shown = ("item_id", "score", "channels", "policies")
+    console.print_json(data=[{k: item[k] for k in shown} for item in out["items"]])

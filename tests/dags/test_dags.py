@@ -258,7 +258,7 @@ def test_train_models_trains_the_content_tower_before_the_rankers_on_its_own_def
     from pipelines.training.content_tower import ContentTowerTraining
 
     dag = dagbag.dags["train_models"]
-    assert "train_upstream" in dag.get_task("train").upstream_task_ids
+    assert "train_upstream" in dag.get_task("train").get_flat_relative_ids(upstream=True)
     assert dag.get_task("train_upstream").outlets == []
     assert catalog.model("content_tower").family.train_first and not catalog.model("esmm").family.train_first
     assert "content_tower" in dag.params.get_param("models").schema["items"]["enum"]
@@ -307,7 +307,7 @@ def test_airflow_dags_test_train_models_builds_the_recall_indexes_after_training
     conf = {"models": ["two_tower"], "date": days[2].isoformat()}
     out, states = dags_test(home, "train_models", days[2].isoformat(), "--conf", json.dumps(conf))
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert states["train"] == "success" and states["build_indexes"] == "success", states
+    assert states["train_retrieval"] == "success" and states["build_indexes"] == "success", states
     champion = client.get_model_version_by_alias(entry.registered_name, "champion").version
     folder = home / "retrieval" / "sim" / f"v{champion}"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -320,8 +320,16 @@ def test_airflow_dags_test_train_models_builds_the_recall_indexes_after_training
     assert Store(settings.data_dir, "sim").partitions("items", "clean")[-1] == days[2]
 
 
-def test_train_models_builds_the_indexes_after_every_training_task_whatever_their_outcome(dagbag) -> None:
+def test_train_models_builds_the_indexes_after_the_two_tower_and_before_the_rankers(dagbag) -> None:
+    """Tower -> two-tower -> indexes -> rankers: a ranker's candidate event (which starts its evaluation and
+    promotion) comes after the indexes its bento packs; a failed step before does not hold back the next."""
+    from pipelines import catalog
+
     dag = dagbag.dags["train_models"]
     task = dag.get_task("build_indexes")
-    assert {"train", "chosen"} <= task.upstream_task_ids and task.trigger_rule == "all_done"
+    assert {"train_retrieval", "chosen"} <= task.upstream_task_ids and task.trigger_rule == "all_done"
     assert task.outlets == [] and "build_indexes" in dag.doc_md
+    assert "build_indexes" in dag.get_task("train").upstream_task_ids
+    assert "train_upstream" in dag.get_task("train_retrieval").upstream_task_ids
+    assert dag.get_task("train_retrieval").outlets == [] and dag.get_task("train_retrieval").trigger_rule == "all_done"
+    assert catalog.model("two_tower").family.retrieval and not catalog.model("esmm").family.retrieval
