@@ -102,13 +102,10 @@ class PlatformRecall:
         if self._pending is not None and len(self._pending):
             due = (self._pending["publish_time"] < pd.Timestamp(now)).to_numpy()
             if due.any():
-                from pipelines.serving.recommend import content_vectors
+                from pipelines.serving.recommend import publish_items
 
-                batch = self._pending[due].reset_index(drop=True)
-                batch["keywords"] = batch["keywords"].map(lambda k: list(k) if k is not None else [])
-                self.recall.publish(batch, self.two.embed_items(batch), content_vectors(batch, self.tower), now)
+                added = publish_items(self.recall, self._pending[due], self.two, self.tower, now)
                 self._pending = self._pending[~due].reset_index(drop=True)
-                added = len(batch)
         self.recall.expire(now)
         self.counts["published"] += added
         return added

@@ -78,6 +78,15 @@ def content_vectors(items: pd.DataFrame, tower) -> np.ndarray:
     return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
 
 
+def publish_items(recall, items: pd.DataFrame, two, tower, now) -> int:
+    """Near-line: ``items`` (their content, as filed or as read from the online store) enter every channel of
+    ``recall``, embedded by the two-tower ``two`` (clusters on ``tower``'s vectors, else raw). Returns how many."""
+    items = items.reset_index(drop=True)
+    items = items.assign(keywords=items["keywords"].map(lambda k: list(k) if k is not None else []))
+    recall.publish(items, two.embed_items(items), content_vectors(items, tower), now)
+    return len(items)
+
+
 def pack_retrieval(settings: Settings, target: Path, tower=None, until: dt.date | None = None) -> bool:
     """Write ``target/retrieval``: the champion two-tower, the recall indexes and users' recent clicks.
 
@@ -210,10 +219,7 @@ class Recommender:
             items = self.features.items(ids).dropna(subset=["content_vector", "publish_time"])
             items = items[pd.to_datetime(items["publish_time"], utc=True) <= pd.Timestamp(now)]
             if len(items):
-                items = items.assign(keywords=items["keywords"].map(lambda k: list(k) if k is not None else []))
-                self.recall.publish(items.reset_index(drop=True), self.two.embed_items(items),
-                                    content_vectors(items, self.tower), now)  # fmt: skip
-                added = len(items)
+                added = publish_items(self.recall, items, self.two, self.tower, now)
                 self.indexed.update(int(i) for i in items["item_id"])
         self.engage()
         self.recall.expire(now)
